@@ -1,0 +1,76 @@
+# Two commands on a fresh machine: `make train` and `make test`. `make help` lists the rest.
+SHELL := /bin/bash
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3.11
+STAMP := $(VENV)/.installed
+STORE := sqlite:///$(ROOT)/mlflow.db
+HOST ?= 127.0.0.1
+PORT ?= 5000
+SERVER_PORT ?= 5001
+ARGS ?=
+
+export MLFLOW_DISABLE_TELEMETRY ?= true
+
+.DEFAULT_GOAL := help
+.PHONY: help venv train test test-fast lint bench ui server sweep tune rerun clean clean-runs lock
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps hydra-optuna-sweeper==1.3.0
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv from the pinned versions (done by every target that needs it)
+
+train: $(STAMP) ## run the default pipeline (overrides: make train ARGS="optimizer=adam train.epochs=500")
+	$(PY) -m pipeline $(ARGS)
+
+test: $(STAMP) ## run every test, slow end-to-end ones included (CI's command)
+	$(PY) -m pytest $(ARGS)
+
+test-fast: $(STAMP) ## run the tests that take seconds (skips those marked slow)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP) ## speed benchmark of the core against a plain NumPy loop, scikit-learn and PyTorch
+	$(PY) -m bench $(ARGS)
+
+ui: $(STAMP) ## open the runs: MLflow UI on http://$(HOST):$(PORT) (127.0.0.1 only by default)
+	@echo "MLflow UI: http://$(HOST):$(PORT)/#/experiments  (Ctrl-C stops it)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
+		--backend-store-uri $(STORE) --host $(HOST) --port $(PORT) --workers 1
+
+sweep: $(STAMP) ## an example sweep: 3 learning rates x 2 architectures, one MLflow parent run
+	$(PY) -m pipeline -m optimizer.lr=0.001,0.01,0.1 'model.hidden_sizes=[8],[16,8]' \
+		train.epochs=500 $(ARGS)
+
+tune: $(STAMP) ## an Optuna search (conf/hparams_search/mlp_optuna.yaml), one MLflow parent run
+	$(PY) -m pipeline hparams_search=mlp_optuna $(ARGS)
+
+server: $(STAMP) ## an MLflow tracking server (sqlite backend, artifacts under mlartifacts/) on 127.0.0.1:5001
+	@echo "MLflow server: http://$(HOST):$(SERVER_PORT)  runs: make train ARGS=tracking=server"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
+		--backend-store-uri $(or $(BACKEND),sqlite:///$(ROOT)/mlflow-server.db) \
+		--artifacts-destination $(ROOT)/mlartifacts --serve-artifacts \
+		--host $(HOST) --port $(SERVER_PORT) --workers 1
+
+rerun: $(STAMP) ## rerun a past run and check it reproduces bit for bit: make rerun RUN_ID=<id>
+	@test -n "$(RUN_ID)" || { echo "usage: make rerun RUN_ID=<mlflow run id>"; exit 2; }
+	$(PY) -m pipeline.rerun $(RUN_ID) $(ARGS)
+
+clean-runs: $(STAMP) ## mark runs left RUNNING by a killed process (no heartbeat for 10 min) KILLED
+	$(PY) -m pipeline.clean_runs $(ARGS)
+
+clean: ## remove outputs, sweeps and the stage cache (keeps the MLflow store and .venv)
+	rm -rf $(ROOT)/outputs $(ROOT)/multirun $(ROOT)/.cache
+
+lock: $(STAMP) ## rewrite requirements.lock from the current .venv
+	$(PY) -m pip freeze --exclude-editable | grep -v '^mlp-pipeline' > requirements.lock

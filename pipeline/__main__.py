@@ -1,0 +1,69 @@
+"""``python -m pipeline``: the Hydra app. Validate the config, run, print a summary.
+
+A config error is reported before MLflow is even imported; user errors print one
+line and exit 1 (``HYDRA_FULL_ERROR=1`` shows the traceback); Ctrl-C and SIGTERM
+end the MLflow run KILLED and exit 130 / 143.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from pipeline import paths  # noqa: F401  (registers ${project_root:})
+from pipeline.errors import Terminated
+
+SWEEP_PARENT_ENV = "PIPELINE_SWEEP_PARENT_RUN_ID"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from pipeline.schema import validate
+
+    config = validate(cfg)  # fails here, before any work, on a bad key, type or value
+    logging.captureWarnings(True)  # warnings (e.g. the core's ConvergenceWarning) as log lines
+
+    from pipeline.runner import format_summary, run
+
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    result = run(
+        config,
+        output_dir=output_dir,
+        overrides=list(hydra_cfg.overrides.task),
+        hydra_dir=output_dir / str(hydra_cfg.output_subdir or ".hydra"),
+        parent_run_id=os.environ.get(SWEEP_PARENT_ENV) or None,
+    )
+    print(format_summary(result), flush=True)
+    return result.metrics.get(config.sweep.metric)  # what a sweeper (Optuna) optimises
+
+
+def cli() -> None:
+    from pipeline.sweep import finish_open_sweep
+
+    code = 0
+    try:
+        main()
+    except KeyboardInterrupt as stop:
+        what = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"\n{what}: the MLflow run was marked KILLED; checkpoints so far were kept",
+              file=sys.stderr)
+        code = 143 if isinstance(stop, Terminated) else 130
+    except SystemExit as done:  # Hydra exits 1 after reporting a failed job or a user error
+        code = done.code if isinstance(done.code, int) else 1
+    finally:
+        # Hydra skips on_multirun_end when a job failed: close the sweep's parent run here.
+        if finish_open_sweep(aborted=code != 0) > 0 and code == 0:
+            code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    cli()

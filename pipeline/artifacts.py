@@ -1,0 +1,110 @@
+"""The files a run leaves behind, laid out as its MLflow artifacts.
+
+Everything is written into one folder (``<output_dir>/artifacts``) that the runner
+logs in one call: confusion matrix (JSON + PNG), predictions.csv, the per-epoch
+history, plots, the resolved config and Hydra's overrides, and the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pipeline import environment
+from pipeline.datastore import atomic_path, write_text_atomic
+from pipeline.mlp import MLP
+from stages.dataset import Dataset
+from stages.evaluate import Evaluation
+from stages.normalise import Normaliser
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    with atomic_path(path, ".csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    return path
+
+
+def write_run_artifacts(
+    folder: Path,
+    *,
+    evaluation: Evaluation,
+    history: Mapping[str, Sequence[float]],
+    proba: np.ndarray,
+    test: Dataset,
+    raw_test: Dataset,
+    raw_train: Dataset,
+    model: MLP,
+    normaliser: Normaliser,
+    config_tree: Mapping[str, Any],
+    overrides: Sequence[str],
+    hydra_dir: Path | None,
+    plots: bool,
+) -> dict[str, Path]:
+    """Write every artifact of one run into ``folder``; return the main paths by name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    files["confusion_json"] = write_text_atomic(
+        folder / "confusion_matrix.json", json.dumps(evaluation.confusion.to_dict(), indent=2)
+    )
+    files["predictions"] = _write_csv(evaluation.predictions, folder / "predictions.csv")
+    history_frame = pd.DataFrame({k: list(v) for k, v in history.items()})
+    history_frame.insert(0, "epoch", np.arange(1, len(history_frame) + 1))
+    files["history"] = _write_csv(history_frame, folder / "history.csv")
+    files["config"] = write_text_atomic(
+        folder / "config.yaml", yaml.safe_dump(dict(config_tree), sort_keys=False)
+    )
+    files["overrides"] = write_text_atomic(
+        folder / "overrides.yaml", yaml.safe_dump(list(overrides), default_flow_style=False)
+    )
+    if hydra_dir is not None and hydra_dir.is_dir():
+        shutil.copytree(hydra_dir, folder / "hydra", dirs_exist_ok=True)
+    files["environment"] = write_text_atomic(
+        folder / "environment.json",
+        json.dumps({**environment.describe(), "packages": environment.installed_packages()},
+                   indent=2),
+    )
+    if plots:
+        files.update(_write_plots(folder, evaluation, history, proba, test, raw_test,
+                                  raw_train, model, normaliser))
+    return files
+
+
+def _write_plots(
+    folder: Path,
+    evaluation: Evaluation,
+    history: Mapping[str, Sequence[float]],
+    proba: np.ndarray,
+    test: Dataset,
+    raw_test: Dataset,
+    raw_train: Dataset,
+    model: MLP,
+    normaliser: Normaliser,
+) -> dict[str, Path]:
+    from pipeline import plots
+
+    out = folder / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "confusion_png": Path(plots.plot_confusion_matrix(
+            evaluation.confusion.labels, evaluation.confusion.matrix,
+            folder / "confusion_matrix.png")),
+        "curves_png": Path(plots.plot_training_curves(history, out / "training_curves.png")),
+        "roc_png": Path(plots.plot_roc_curve(test.y, proba, test.classes, out / "roc_curve.png")),
+    }
+    shown = proba[:, 0] if proba.shape[1] == 1 else proba[np.arange(len(proba)), test.y]
+    files["scatter_png"] = Path(plots.plot_probability_vs_label(
+        shown, test.y, out / "probability_vs_label.png"))
+    if raw_test.n_features == 2:
+        X = np.vstack([raw_train.X, raw_test.X])
+        y = np.concatenate([raw_train.y, raw_test.y])
+        files["boundary_png"] = Path(plots.plot_decision_boundary(
+            lambda raw: model.predict_proba(normaliser.transform(raw)), X, y,
+            raw_test.feature_names, out / "decision_boundary.png"))
+    return files

@@ -1,0 +1,35 @@
+"""``python -m pipeline.clean_runs [--max-age-minutes M] [--uri URI]``.
+
+A process killed hard (SIGKILL, power loss) cannot end its MLflow run, which stays
+RUNNING. Runs refresh a heartbeat tag while they work; this marks every RUNNING run
+whose heartbeat is older than ``--max-age-minutes`` (default 10) as KILLED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.errors import PipelineError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.clean_runs", description=__doc__)
+    parser.add_argument("--max-age-minutes", type=float, default=10.0)
+    parser.add_argument("--uri", default=None, help="tracking URI (default: the project store)")
+    args = parser.parse_args(argv)
+    from pipeline.tracking import mark_stale_runs
+
+    try:
+        killed = mark_stale_runs(args.uri, args.max_age_minutes * 60)
+    except PipelineError as error:
+        print(error, file=sys.stderr)
+        return 1
+    for run_id in killed:
+        print(f"marked KILLED: {run_id}")
+    print(f"{len(killed)} stale run(s) marked KILLED")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""What a run ran on: Python, packages, BLAS and threads, git commit and dirty tree.
+
+Recorded on every run so a rerun can tell whether a difference comes from the
+code, the environment or the config.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from importlib import metadata
+
+from pipeline.paths import PROJECT_ROOT
+
+
+def git_state() -> dict[str, str]:
+    """``{"git_commit": sha or "unknown", "git_dirty": "true"/"false"/"unknown"}``."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": commit.strip() if commit else "unknown",
+        "git_dirty": "unknown" if status is None else str(bool(status.strip())).lower(),
+    }
+
+
+def blas_info() -> dict[str, str]:
+    """The BLAS NumPy calls, its version and its thread count (threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+
+    pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    if not pools:
+        return {"blas": "unknown", "blas_threads": "unknown"}
+    pool = pools[0]
+    name = f"{pool.get('internal_api')} {pool.get('version')} ({pool.get('architecture')})"
+    return {"blas": name, "blas_threads": str(pool.get("num_threads"))}
+
+
+def installed_packages() -> dict[str, str]:
+    """Every installed distribution and its exact version, sorted by name."""
+    found = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            found[name.lower()] = dist.version
+    return dict(sorted(found.items()))
+
+
+def describe() -> dict[str, str]:
+    """The environment summary logged as tags (packages go to an artifact)."""
+    return {
+        "python_version": sys.version.split()[0],
+        "platform": platform.platform(),
+        **blas_info(),
+        **git_state(),
+    }

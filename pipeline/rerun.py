@@ -1,0 +1,187 @@
+"""``python -m pipeline.rerun <run_id> [key=value ...]``: rerun a past run and compare.
+
+Reads the run's recorded config (the resolved ``config.yaml`` artifact) from MLflow,
+runs the pipeline again as a new run tagged ``reproduces=<run_id>`` and compares the
+two: every per-epoch metric history, the test metrics, the data digests, the final
+checkpoint and the predictions. Prints "reproduced bit for bit" or the first
+difference, and exits 1 on a difference. Differences in the environment (Python,
+packages, BLAS, threads, git commit) are printed as warnings first, since they are
+the usual reason for a difference in the last bits.
+
+``tracking.uri=<uri>`` picks the store (default: the project's own); any other
+``key=value`` changes the config before the rerun (to check that a change shows).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from pipeline.errors import PipelineError
+
+COMPARED_TAGS = ("data_digest", "data.train_digest", "data.test_digest", "checkpoint_sha256",
+                 "predictions_sha256")
+ENV_TAGS = ("python_version", "platform", "blas", "blas_threads", "git_commit", "git_dirty")
+
+
+@dataclass
+class Difference:
+    what: str
+    where: str
+    original: Any
+    rerun: Any
+
+    def __str__(self) -> str:
+        return f"{self.what} differs{self.where}: original {self.original!r}, rerun {self.rerun!r}"
+
+
+def _histories(client: Any, run: Any) -> dict[str, list[tuple[int, float]]]:
+    keys = sorted(k for k in run.data.metrics if not k.startswith("time_"))
+    histories = {}
+    for key in keys:
+        points = client.get_metric_history(run.info.run_id, key)
+        histories[key] = sorted((m.step, m.value) for m in points)
+    return histories
+
+
+def first_difference(client: Any, original: Any, rerun: Any) -> Difference | None:
+    """The earliest difference between two runs' results, or None when bit-identical."""
+    a, b = _histories(client, original), _histories(client, rerun)
+    if sorted(a) != sorted(b):
+        return Difference("the set of metrics", "", sorted(a), sorted(b))
+    earliest: Difference | None = None
+    earliest_step = None
+    for key in a:
+        for (step_a, value_a), (step_b, value_b) in zip(a[key], b[key], strict=False):
+            if step_a != step_b or value_a != value_b:
+                if earliest_step is None or step_a < earliest_step:
+                    earliest = Difference(f"metric {key}", f" at step {step_a}", value_a, value_b)
+                    earliest_step = step_a
+                break
+        else:
+            if len(a[key]) != len(b[key]) and earliest is None:
+                earliest = Difference(f"metric {key}", " (history length)", len(a[key]),
+                                      len(b[key]))
+    if earliest is not None:
+        return earliest
+    for tag in COMPARED_TAGS:
+        value_a, value_b = original.data.tags.get(tag), rerun.data.tags.get(tag)
+        if value_a != value_b:
+            artifact = {"checkpoint_sha256": " (artifact checkpoints/final.json)",
+                        "predictions_sha256": " (artifact predictions.csv)"}.get(tag, "")
+            return Difference(f"tag {tag}", artifact, value_a, value_b)
+    return None
+
+
+def environment_differences(client: Any, original: Any, current: Any) -> list[str]:
+    """Human-readable differences between two runs' recorded environments."""
+    notes = []
+    for tag in ENV_TAGS:
+        value_a, value_b = original.data.tags.get(tag), current.data.tags.get(tag)
+        if value_a != value_b:
+            notes.append(f"{tag}: {value_a} -> {value_b}")
+    packages = []
+    for run in (original, current):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = client.download_artifacts(run.info.run_id, "environment.json", tmp)
+                packages.append(json.loads(Path(path).read_text()).get("packages", {}))
+            except Exception:
+                packages.append(None)
+    if packages[0] is not None and packages[1] is not None:
+        for name in sorted(set(packages[0]) | set(packages[1])):
+            old, new = packages[0].get(name), packages[1].get(name)
+            if old != new:
+                notes.append(f"package {name}: {old} -> {new}")
+    return notes
+
+
+def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += _config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changes
+
+
+def rerun(run_id: str, overrides: list[str]) -> int:
+    """Rerun ``run_id`` and compare; return the exit code (0: bit-identical)."""
+    from pipeline import tracking
+    from pipeline.paths import PROJECT_ROOT
+    from pipeline.runner import config_dict, run
+    from pipeline.schema import validate
+
+    uri = next((o.split("=", 1)[1] for o in overrides if o.startswith("tracking.uri=")), None)
+    changes = [o for o in overrides if not o.startswith("tracking.uri=")]
+    client = tracking.connect(uri)
+    try:
+        original = client.get_run(run_id)
+    except Exception:
+        raise PipelineError(
+            f"run id {run_id!r} is not in the store {client.tracking_uri}; "
+            "copy the id from the MLflow UI or pass tracking.uri=<store>"
+        ) from None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            recorded = yaml.safe_load(
+                Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
+        except Exception:
+            raise PipelineError(
+                f"run {run_id} has no config.yaml artifact (a failed run, or not made by this "
+                "pipeline); only finished pipeline runs can be rerun"
+            ) from None
+    cfg = OmegaConf.create(recorded)
+    cfg.tracking.uri = client.tracking_uri
+    cfg.train.progress = "false"
+    if changes:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(changes))
+    config = validate(cfg)
+    changed = _config_changes(recorded, config_dict(config))
+    changed = [c for c in changed if not c.startswith(("tracking.", "train.progress"))]
+    for change in changed:
+        print(f"config differs from the original: {change}")
+
+    stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
+    output_dir = PROJECT_ROOT / "outputs" / "reruns" / f"{stamp}-{run_id[:8]}"
+    result = run(config, output_dir=output_dir, overrides=[f"rerun of {run_id}", *changes],
+                 extra_tags={"reproduces": run_id})
+    new = client.get_run(result.run_id)
+    for note in environment_differences(client, original, new):
+        print(f"warning: environment differs: {note}")
+    difference = first_difference(client, original, new)
+    print(f"rerun: MLflow run {result.run_id} ({result.url})")
+    if difference is None:
+        client.set_tag(result.run_id, "reproduced", "bit for bit")
+        print(f"reproduced bit for bit: run {result.run_id} equals run {run_id}")
+        return 0
+    client.set_tag(result.run_id, "reproduced", f"no: {difference}"[:5000])
+    print(f"NOT reproduced: {difference}")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0].startswith("-") or "=" in args[0]:
+        print("usage: python -m pipeline.rerun <run_id> [tracking.uri=<uri>] [key=value ...]",
+              file=sys.stderr)
+        return 2
+    try:
+        return rerun(args[0], args[1:])
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

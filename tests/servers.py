@@ -1,0 +1,127 @@
+"""Real servers for tests, on 127.0.0.1 only, each stopped by the fixture that started it."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"server did not answer {url} in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_mlflow_server(backend: str, workdir: Path) -> Iterator[str]:
+    """``mlflow server`` on a free loopback port; yields its URL."""
+    port = free_port()
+    log = workdir / f"mlflow-server-{port}.log"
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", backend,
+             "--artifacts-destination", str(workdir / "artifacts"), "--serve-artifacts",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+        )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", process, 120, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(process)
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def start_postgres(workdir: Path) -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on a loopback port; yields a SQLAlchemy URI.
+
+    ``initdb`` refuses to run as root, so as root it runs as the ``postgres`` user.
+    """
+    bindir = _postgres_bin()
+    if bindir is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    data = workdir / "pgdata"
+    data.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "postgres")
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust",
+                    "-U", "mlflow"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"),
+         "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {data}", "start"],
+        check=True, capture_output=True,
+    )
+    try:
+        subprocess.run([*as_user, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
+                        "-U", "mlflow", "mlflow"], check=True, capture_output=True)
+        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast",
+                        "stop"], capture_output=True)
+
+
+def start_ray_head(workdir: Path) -> Iterator[str]:
+    """A local Ray head on 127.0.0.1; yields its address. ``ray stop`` afterwards."""
+    port = free_port()
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    ray = str(BIN / "ray")
+    started = subprocess.run(
+        [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+        capture_output=True, text=True, env=env, timeout=180,
+    )
+    if started.returncode != 0:
+        raise RuntimeError(f"ray start failed:\n{started.stdout}\n{started.stderr}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)

@@ -1,0 +1,122 @@
+"""The config schema: every shipped option validates; bad values fail before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from pipeline.errors import ConfigError
+from pipeline.paths import CONF_DIR, PROJECT_ROOT
+from pipeline.schema import Config, validate
+
+GROUP_OPTIONS = {
+    group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    for group in ("data", "model", "optimizer", "train", "split", "tracking")
+}
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(g, o) for g, options in GROUP_OPTIONS.items() for o in options],
+)
+def test_every_group_option_validates(compose_cfg, group: str, option: str) -> None:
+    extra = ["data.path=some.csv"] if (group, option) == ("data", "csv") else []
+    config = validate(compose_cfg(f"{group}={option}", *extra))
+    assert isinstance(config, Config)
+    if group == "optimizer":
+        assert config.optimizer.name == option
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_validates(compose_cfg, experiment: str) -> None:
+    config = validate(compose_cfg(f"experiment={experiment}"))
+    assert config.tags["preset"] == experiment
+
+
+def test_rustnet_rf_preset_matches_run2(compose_cfg) -> None:
+    config = validate(compose_cfg("experiment=rustnet_rf"))
+    assert config.data.seed == 42 and config.split.seed == 7
+    assert config.model.hidden_sizes == [12] and config.model.init == "uniform"
+    assert (config.optimizer.name, config.optimizer.lr) == ("sgd", 0.003)
+    assert config.train.epochs == 3000 and config.train.batch_size is None
+    assert (config.train.clip, config.train.clip_value) == ("value", 1.0)
+
+
+def test_rustnet_csv_preset_points_at_the_diabetes_csv(compose_cfg) -> None:
+    config = validate(compose_cfg("experiment=rustnet_csv"))
+    assert Path(config.data.path).resolve() == (
+        PROJECT_ROOT.parent / "shared/data/rustnet_diabetes.csv"
+    ).resolve()
+    assert config.model.hidden_sizes == [10] and config.optimizer.lr == 0.001
+    assert config.train.epochs == 2000
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "fragment"),
+    [
+        ("optimizer.lr=0", "optimizer.lr", "> 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr", "> 0"),
+        ("model.hidden_sizes=[8,0]", "model.hidden_sizes[1]", ">= 1"),
+        ("train.epochs=0", "train.epochs", ">= 1"),
+        ("split.test_fraction=1.0", "split.test_fraction", "(0, 1)"),
+        ("split.test_fraction=0", "split.test_fraction", "(0, 1)"),
+        ("model.activation=swish", "model.activation", "relu"),
+        ("model.init=zeros", "model.init", "uniform"),
+        ("train.clip=clamp", "train.clip", "value"),
+        ("train.epochs=many", "train.epochs", "many"),
+        ("train.batch_size=0", "train.batch_size", ">= 1"),
+        ("optimizer.lrr=0.1", "optimizer.lrr", "lrr"),
+        ("optimizer.name=adagrad", "optimizer.name", "adam"),
+        ("+model.depth=3", "model.depth", "depth"),
+        ("split.val_fraction=0.9", "split.val_fraction", "test_fraction + val_fraction < 1"),
+        ("train.early_stopping_patience=5", "train.early_stopping_patience", "val_fraction"),
+    ],
+)
+def test_bad_values_name_the_key(compose_cfg, override: str, key: str, fragment: str) -> None:
+    try:
+        cfg = compose_cfg(override)
+    except ConfigCompositionException as error:  # Hydra itself refuses unknown keys
+        message = str(error).splitlines()[0]
+    else:
+        with pytest.raises(ConfigError) as caught:
+            validate(cfg)
+        message = str(caught.value)
+        assert "\n" not in message
+    assert key in message and fragment in message
+
+
+def test_csv_without_path_is_rejected(compose_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"data\.path"):
+        validate(compose_cfg("data=csv"))
+
+
+def test_schema_import_does_not_import_mlflow() -> None:
+    code = "import sys, pipeline.schema, pipeline.__main__; print('mlflow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, check=True)
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["optimizer.lr=-1"], "optimizer.lr: got -1"),
+        (["optimizer=adagrad"], "optimizer/adagrad"),
+        (["train.epochs=abc"], "train.epochs"),
+    ],
+)
+def test_cli_config_error_is_one_line_without_traceback(tmp_path, args, fragment) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args, f"tracking.uri=sqlite:///{tmp_path}/m.db",
+         f"hydra.run.dir={tmp_path}/out"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
+    )
+    assert done.returncode != 0
+    assert fragment in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "m.db").exists()  # failed before the store was touched

@@ -1,0 +1,163 @@
+"""End to end: the real conf/, a real sqlite MLflow store, read back with MlflowClient."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.mlp import MLP
+from pipeline.paths import PROJECT_ROOT
+from pipeline.runner import RunResult, run
+from pipeline.schema import validate
+from stages.normalise import Normaliser
+from tests.conftest import FAST
+
+pytestmark = pytest.mark.slow
+
+
+def _run(compose_cfg, tmp_path: Path, isolated: list[str], *overrides: str) -> RunResult:
+    config = validate(compose_cfg(*FAST, *isolated, "tracking.plots=true", *overrides))
+    return run(config, output_dir=tmp_path / "out", overrides=list(overrides))
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        if item.is_dir:
+            found |= _artifacts(client, run_id, item.path)
+        else:
+            found.add(item.path)
+    return found
+
+
+def test_default_pipeline_records_everything(compose_cfg, tmp_path, isolated, store) -> None:
+    result = _run(compose_cfg, tmp_path, isolated)
+    client = MlflowClient(store)
+    run_ = client.get_run(result.run_id)
+    assert run_.info.status == "FINISHED"
+
+    params = run_.data.params
+    for key in ("optimizer.lr", "model.hidden_sizes", "train.epochs", "seed", "seeds.data",
+                "seeds.split", "seeds.init", "seeds.shuffle", "data.source"):
+        assert key in params, key
+    assert params["model.hidden_sizes"] == "[12]"
+
+    for key in ("train_mse", "train_loss", "train_accuracy"):
+        history = client.get_metric_history(result.run_id, key)
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, 301))
+    for key in ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc",
+                "test_log_loss", "test_mse"):
+        assert key in run_.data.metrics, key
+    assert run_.data.metrics["test_accuracy"] >= 0.9
+
+    tags = run_.data.tags
+    for key in ("git_commit", "git_dirty", "data_digest", "checkpoint_sha256",
+                "predictions_sha256", "python_version", "blas", "blas_threads"):
+        assert tags.get(key), key
+
+    files = _artifacts(client, result.run_id)
+    for name in ("confusion_matrix.json", "confusion_matrix.png", "predictions.csv",
+                 "checkpoints/final.json", "checkpoints/epoch_00100.json",
+                 "checkpoints/epoch_00300.json", "config.yaml", "overrides.yaml",
+                 "plots/training_curves.png", "plots/roc_curve.png",
+                 "plots/probability_vs_label.png", "plots/decision_boundary.png"):
+        assert name in files, name
+
+    local = Path(client.download_artifacts(result.run_id, "", str(tmp_path / "dl")))
+    confusion = json.loads((local / "confusion_matrix.json").read_text())
+    assert confusion["labels"] == ["0", "1"]
+    assert sum(map(sum, confusion["matrix"])) == 200  # the 20 % test split of 1000 rows
+    predictions = pd.read_csv(local / "predictions.csv")
+    assert list(predictions.columns) == ["probability", "predicted_label", "actual_label"]
+    assert len(predictions) == 200
+    accuracy = (predictions["predicted_label"] == predictions["actual_label"]).mean()
+    assert accuracy == pytest.approx(run_.data.metrics["test_accuracy"])
+
+    # The pyfunc model predicts from raw features exactly what the checkpoint predicts.
+    checkpoint = MLP.load(local / "checkpoints" / "final.json")
+    test = pd.read_parquet(result.output_dir / "data" / "02_split" / "test.parquet")
+    raw = test[["Frequency", "Amplitude"]]
+    normaliser = Normaliser.from_dict(checkpoint.metadata["normaliser"])
+    expected = checkpoint.predict_proba(normaliser.transform(raw.to_numpy()))[:, 0]
+    logged = mlflow.search_logged_models(
+        experiment_ids=[result.experiment_id], filter_string=f"source_run_id = '{result.run_id}'",
+        output_format="list")
+    assert [m.name for m in logged] == ["model"]
+    model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    served = model.predict(raw)
+    np.testing.assert_array_equal(served["probability"].to_numpy(), expected)
+    assert (served["predicted_label"].astype(str).to_numpy()
+            == predictions["predicted_label"].astype(str).to_numpy()).all()
+
+    inputs = run_.inputs.dataset_inputs
+    assert {i.dataset.name for i in inputs} == {"train", "test"}
+
+
+def test_rustnet_rf_preset_reaches_99_percent(compose_cfg, tmp_path, isolated, store) -> None:
+    config = validate(compose_cfg(*isolated, "experiment=rustnet_rf", "train.progress=false",
+                                  "tracking.plots=false", "tracking.log_model=false"))
+    result = run(config, output_dir=tmp_path / "out")
+    assert result.metrics["test_accuracy"] >= 0.99
+    run_ = MlflowClient(store).get_run(result.run_id)
+    assert run_.data.params["seeds.data"] == "42" and run_.data.params["seeds.split"] == "7"
+
+
+@pytest.mark.parametrize("label", ["last", "named"])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_csv_pipeline(compose_cfg, tmp_path, isolated, store, label, n_classes) -> None:
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0, 4, (n_classes, 3))
+    y = rng.integers(0, n_classes, 240)
+    X = centres[y] + rng.normal(0, 1, (240, 3))
+    names = np.array(["setosa", "versicolor", "virginica"])[y] if n_classes == 3 else y
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    if label == "last":
+        frame["species"] = names
+    else:
+        frame.insert(1, "species", names)
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    extra = ["data.label_column=species"] if label == "named" else []
+    result = _run(compose_cfg, tmp_path, isolated, "data=csv", f"data.path={path}",
+                  "optimizer=adam", "optimizer.lr=0.01", *extra)
+    assert result.metrics["test_accuracy"] >= 0.9
+    assert len(result.confusion["labels"]) == n_classes
+    assert sum(map(sum, result.confusion["matrix"])) == 48
+    if n_classes == 3:
+        assert result.confusion["labels"] == ["setosa", "versicolor", "virginica"]
+    run_ = MlflowClient(store).get_run(result.run_id)
+    assert run_.info.status == "FINISHED"
+
+
+def test_cache_hits_on_a_second_run(compose_cfg, tmp_path, isolated, store) -> None:
+    first = _run(compose_cfg, tmp_path, isolated)
+    second = _run(compose_cfg, tmp_path, isolated, "optimizer=adam")
+    client = MlflowClient(store)
+    assert client.get_run(first.run_id).data.tags["cache.generate"] == "miss"
+    tags = client.get_run(second.run_id).data.tags
+    assert (tags["cache.generate"], tags["cache.split"], tags["cache.normalise"]) == (
+        "hit", "hit", "hit")
+
+
+def test_cli_make_train_equivalent(tmp_path, store) -> None:
+    """`python -m pipeline` as `make train` runs it, from another working directory."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", f"tracking.uri={store}", *FAST,
+         f"pipeline.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Test metrics" in done.stdout and "Confusion matrix" in done.stdout
+    assert "#/experiments/" in done.stdout
+    runs = MlflowClient(store).search_runs(
+        [MlflowClient(store).get_experiment_by_name("mlp-pipeline").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"

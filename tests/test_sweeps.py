@@ -1,0 +1,139 @@
+"""Sweeps: one MLflow parent run per multirun, complete children, parallel and remote."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.paths import PROJECT_ROOT
+from tests import servers
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 40
+GRID = ["optimizer.lr=0.01,0.1", "model.hidden_sizes=[4],[8]"]
+
+
+def multirun(tmp_path: Path, uri: str, *args: str, timeout: int = 600
+             ) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "-m", *args, f"tracking.uri={uri}",
+         f"train.epochs={EPOCHS}", "train.checkpoint_every=0", "tracking.plots=false",
+         "tracking.log_model=false", f"pipeline.cache_dir={tmp_path / 'cache'}",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )
+
+
+def sweep_runs(uri: str) -> tuple[object, list]:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mlp-pipeline")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    assert len(parents) == 1, [r.data.tags for r in runs]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return parents[0], children
+
+
+def check_complete_sweep(uri: str, n_children: int, *, cache_hits: bool = True) -> None:
+    client = MlflowClient(uri)
+    parent, children = sweep_runs(uri)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == n_children
+    for child in children:
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "train_loss")
+        assert len(history) == EPOCHS
+        assert "test_accuracy" in child.data.metrics
+    assert parent.data.tags["n_children"] == str(n_children)
+    assert parent.data.tags["n_failed"] == "0"
+    best = parent.data.tags["best_run_id"]
+    best_accuracy = max(c.data.metrics["test_accuracy"] for c in children)
+    assert parent.data.metrics["best_test_accuracy"] == best_accuracy
+    assert best in {c.info.run_id for c in children}
+    summary = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert {"children.csv", "children.md", "children.html", "training_curves.png"} <= summary
+    assert any(name.startswith("test_accuracy_vs_") for name in summary)
+    if cache_hits:
+        # The data stages ran once: every other job hit the cache.
+        misses = [c for c in children if c.data.tags["cache.generate"] == "miss"]
+        assert len(misses) == 1
+
+
+def test_basic_launcher_sweep(tmp_path, store) -> None:
+    done = multirun(tmp_path, store, *GRID)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_complete_sweep(store, 4)
+
+
+def test_joblib_sweep_in_parallel(tmp_path, store) -> None:
+    done = multirun(tmp_path, store, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_complete_sweep(store, 4)
+    client = MlflowClient(store)
+    _, children = sweep_runs(store)
+    # Each of 4 parallel jobs on 2 cores gets one BLAS thread.
+    assert {c.data.tags["blas_threads"] for c in children} <= {"1"}
+    assert client is not None
+
+
+def test_failed_job_fails_the_sweep_but_not_the_others(tmp_path, store) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text("a,b,label\n" + "".join(
+        f"{i % 7},{(i * 3) % 5},{i % 2}\n" for i in range(60)))
+    missing = tmp_path / "missing.csv"
+    done = multirun(tmp_path, store, "data=csv", f"data.path={good},{missing}")
+    assert done.returncode != 0
+    assert "missing.csv" in done.stderr
+    parent, children = sweep_runs(store)
+    statuses = sorted(c.info.status for c in children)
+    assert statuses == ["FAILED", "FINISHED"]
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "does not exist" in failed.data.tags["error"]
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["n_failed"] == "1"
+
+
+@pytest.fixture
+def sqlite_server(tmp_path) -> Iterator[str]:
+    yield from servers.start_mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path)
+
+
+def test_sweep_against_a_tracking_server(tmp_path, sqlite_server) -> None:
+    done = multirun(tmp_path, sqlite_server, *GRID, "hydra/launcher=joblib",
+                    "hydra.launcher.n_jobs=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_complete_sweep(sqlite_server, 4)
+
+
+@pytest.fixture
+def postgres_server(tmp_path_factory) -> Iterator[str]:
+    workdir = tmp_path_factory.mktemp("pg")
+    for backend in servers.start_postgres(workdir):
+        yield from servers.start_mlflow_server(backend, workdir)
+
+
+def test_sweep_against_a_server_on_postgres(tmp_path, postgres_server) -> None:
+    done = multirun(tmp_path, postgres_server, *GRID, "hydra/launcher=joblib",
+                    "hydra.launcher.n_jobs=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_complete_sweep(postgres_server, 4)
+
+
+@pytest.fixture
+def ray_head(tmp_path) -> Iterator[str]:
+    yield from servers.start_ray_head(tmp_path)
+
+
+def test_sweep_on_an_existing_ray_cluster(tmp_path, store, ray_head) -> None:
+    done = multirun(tmp_path, store, *GRID, "hydra/launcher=ray_cluster",
+                    f"hydra.launcher.ray.init.address={ray_head}", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_complete_sweep(store, 4)
