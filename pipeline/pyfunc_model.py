@@ -45,7 +45,7 @@ class MLPClassifierModel(mlflow.pyfunc.PythonModel):
         proba = self.model.predict_proba(self.normaliser.transform(X))
         if proba.shape[1] == 1:
             positive = proba[:, 0]
-            index = (positive >= 0.5).astype(int)
+            index = (positive > 0.5).astype(int)  # as MLP.predict and evaluate
             columns = {"probability": positive}
             per_class = np.column_stack([1.0 - positive, positive])
         else:

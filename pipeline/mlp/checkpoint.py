@@ -1,0 +1,356 @@
+"""JSON checkpoints: layout, atomic writing, strict reading.
+
+Layout (``format_version`` 1; keys are written sorted, lists of lists are row-major):
+
+    {
+      "format_version": 1,
+      "architecture": {"layer_sizes": [2, 12, 1], "activations": ["relu"],
+                       "output": "sigmoid", "init": "uniform", "dtype": "float64", "seed": 0},
+      "parameters": {"weights": [W_0, W_1, ...],      # W_l: fan_in lists of fan_out numbers
+                     "biases":  [b_0, b_1, ...]},     # b_l: 1 list of fan_out numbers
+      "training": null | {
+        "epoch": 30, "batch_size": null | 32, "weight_decay": 0.0,
+        "clip": "value", "clip_value": 1.0,
+        "optimizer": {"name": "adam", "learning_rate": 0.01,
+                      "options": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-08},
+                      "step": 30,
+                      "state": {"m": {"weights": [...], "biases": [...]}, "v": {...}}},
+        "shuffle": {"seed": null | 7, "generator": <numpy Generator.bit_generator.state>}
+      },
+      "metadata": {...}                               # free-form, round-trips as JSON
+    }
+
+Numbers are written by Python's float repr, which round-trips float64 exactly; float32 values
+go through float64, which is exact too, so a loaded model predicts bit-for-bit the same.
+Nothing is unpickled or executed on loading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .clipping import CLIPPERS
+from .errors import CheckpointError
+from .model import MLP
+from .network import ParameterLayout
+from .optimizers import make_optimizer
+from .training import TrainingState
+
+FORMAT_VERSION = 1
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+def _layers_json(layout: ParameterLayout, flat: npt.NDArray[np.floating]) -> dict[str, Any]:
+    as64 = flat.astype(np.float64)
+    return {"weights": [w.tolist() for w in layout.weights(as64)],
+            "biases": [b.tolist() for b in layout.biases(as64)]}
+
+
+def _json_value(value: Any, where: str) -> Any:
+    """``value`` as plain JSON types (NumPy scalars and arrays converted); ValueError naming
+    the offending entry if it cannot be stored exactly."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"{where} is {number!r}; JSON cannot hold non-finite numbers")
+        return number
+    if isinstance(value, np.ndarray):
+        return _json_value(value.tolist(), where)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where} has the key {key!r}; JSON object keys must be str")
+            out[key] = _json_value(item, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, list | tuple):
+        return [_json_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise ValueError(f"{where} holds a {type(value).__name__}, which JSON cannot store")
+
+
+def to_dict(model: MLP, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint content of ``model`` as plain JSON types."""
+    if not np.isfinite(model._params).all():
+        raise ValueError("cannot save a model whose parameters are not finite")
+    meta = model.metadata if metadata is None else metadata
+    if not isinstance(meta, Mapping):
+        raise ValueError(f"metadata must be a mapping, got {type(meta).__name__}")
+    layout = model._layout
+    state = model._training
+    training = None
+    if state is not None:
+        optimizer = state.optimizer
+        training = {
+            "epoch": state.epoch,
+            "batch_size": state.batch_size,
+            "weight_decay": state.weight_decay,
+            "clip": state.clip,
+            "clip_value": state.clip_value,
+            "optimizer": {
+                "name": optimizer.name,
+                "learning_rate": optimizer.learning_rate,
+                "options": dict(optimizer.options),
+                "step": optimizer.step_count,
+                "state": {name: _layers_json(layout, array)
+                          for name, array in optimizer.state.items()},
+            },
+            "shuffle": {"seed": state.shuffle_seed,
+                        "generator": state.shuffle_rng.bit_generator.state},
+        }
+    return {
+        "format_version": FORMAT_VERSION,
+        "architecture": {
+            "layer_sizes": list(model.layer_sizes), "activations": list(model.activations),
+            "output": model.output, "init": model.init, "dtype": model.dtype,
+            "seed": model.seed,
+        },
+        "parameters": _layers_json(layout, model._params),
+        "training": training,
+        "metadata": _json_value(dict(meta), "metadata"),
+    }
+
+
+def dumps(data: Mapping[str, Any]) -> str:
+    """Deterministic JSON text: sorted keys, fixed separators, exact floats, no NaN."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` so that it appears complete or not at all.
+
+    The text goes to a temporary file in the same directory, is flushed and fsynced, then
+    renamed over ``path`` (atomic on POSIX and Windows). On any error the temporary file is
+    removed and ``path`` is untouched.
+    """
+    target = Path(path)
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed explicitly below)
+        "w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
+        delete=False)
+    try:
+        with handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o644)  # NamedTemporaryFile creates it 0600
+        os.replace(handle.name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX only)
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def save(model: MLP, path: str | os.PathLike[str],
+         metadata: Mapping[str, Any] | None = None) -> None:
+    """``model.save``: serialise first (errors leave no file), then write atomically."""
+    write_text_atomic(path, dumps(to_dict(model, metadata)))
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+class _Problem(Exception):
+    """Internal: what is wrong with a checkpoint's content (one line)."""
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+             int: "an integer", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _field(obj: dict[str, Any], key: str, where: str, kind: str) -> Any:
+    """obj[key], checked to be of ``kind``: object, list, string, int, number, or any."""
+    if key not in obj:
+        raise _Problem(f"missing key {where}{key!r}")
+    value = obj[key]
+    ok = {
+        "object": isinstance(value, dict),
+        "list": isinstance(value, list),
+        "string": isinstance(value, str),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, int | float) and not isinstance(value, bool),
+        "any": True,
+    }[kind]
+    if not ok:
+        raise _Problem(f"{where}{key!r} should be {'an' if kind[0] in 'aio' else 'a'} {kind}, "
+                       f"got {_kind(value)}")
+    return value
+
+
+def _matrix(value: Any, shape: tuple[int, int], where: str,
+            dtype: np.dtype) -> npt.NDArray[np.floating]:
+    try:
+        array = np.array(value)
+    except (ValueError, TypeError, OverflowError):
+        raise _Problem(f"{where} is not a rectangular list of numbers") from None
+    if array.dtype.kind not in "if":
+        raise _Problem(f"{where} must hold numbers only")
+    if array.shape != shape:
+        raise _Problem(f"{where} has shape {array.shape}, but layer_sizes implies {shape}")
+    array = array.astype(np.float64)
+    with np.errstate(over="ignore"):
+        cast = array.astype(dtype)
+    if not (np.isfinite(array).all() and np.isfinite(cast).all()):
+        raise _Problem(f"{where} contains non-finite values (or values too large for {dtype})")
+    return cast
+
+
+def _layers(obj: Any, layout: ParameterLayout, where: str,
+            dtype: np.dtype) -> npt.NDArray[np.floating]:
+    """A {"weights": [...], "biases": [...]} object as a flat parameter vector."""
+    if not isinstance(obj, dict):
+        raise _Problem(f"{where} should be an object, got {_kind(obj)}")
+    sizes = layout.layer_sizes
+    arrays: dict[str, list[npt.NDArray[np.floating]]] = {}
+    for key in ("weights", "biases"):
+        layers = _field(obj, key, f"{where}.", "list")
+        if len(layers) != len(sizes) - 1:
+            raise _Problem(f"{where}.{key} has {len(layers)} layers, but layer_sizes {list(sizes)} "
+                           f"implies {len(sizes) - 1}")
+        arrays[key] = [
+            _matrix(layer, (sizes[i] if key == "weights" else 1, sizes[i + 1]),
+                    f"{where}.{key}[{i}]", dtype)
+            for i, layer in enumerate(layers)]
+    return layout.flatten(arrays["weights"], arrays["biases"], dtype)
+
+
+def _training_state(obj: Any, model: MLP) -> TrainingState:
+    if not isinstance(obj, dict):
+        raise _Problem(f"'training' should be an object or null, got {_kind(obj)}")
+    w = "training."
+    epoch = _field(obj, "epoch", w, "int")
+    batch_size = _field(obj, "batch_size", w, "any")
+    weight_decay = _field(obj, "weight_decay", w, "number")
+    clip = _field(obj, "clip", w, "string")
+    clip_value = _field(obj, "clip_value", w, "number")
+    if epoch < 0:
+        raise _Problem(f"training.epoch must be >= 0, got {epoch}")
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                                   or batch_size < 1):
+        raise _Problem(f"training.batch_size must be null or an int >= 1, got {batch_size!r}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise _Problem(f"training.weight_decay must be a finite number >= 0, got {weight_decay}")
+    if clip not in CLIPPERS:
+        raise _Problem(f"training.clip {clip!r} is unknown; valid: {sorted(CLIPPERS)}")
+    if not (math.isfinite(clip_value) and clip_value > 0):
+        raise _Problem(f"training.clip_value must be a finite number > 0, got {clip_value}")
+
+    spec = _field(obj, "optimizer", w, "object")
+    w = "training.optimizer."
+    name = _field(spec, "name", w, "string")
+    learning_rate = _field(spec, "learning_rate", w, "number")
+    options = _field(spec, "options", w, "object")
+    step = _field(spec, "step", w, "int")
+    state = _field(spec, "state", w, "object")
+    try:
+        optimizer = make_optimizer(name, learning_rate, options)
+    except ValueError as error:
+        raise _Problem(f"training.optimizer: {error}") from None
+    if step < 0:
+        raise _Problem(f"training.optimizer.step must be >= 0, got {step}")
+    if sorted(state) != sorted(optimizer.state_names):
+        raise _Problem(f"training.optimizer.state has {sorted(state)}, but {name!r} keeps "
+                       f"{sorted(optimizer.state_names)}")
+    optimizer.reset(model._layout.size, model._np_dtype)
+    arrays = {key: _layers(value, model._layout, f"training.optimizer.state.{key}",
+                           model._np_dtype) for key, value in state.items()}
+    optimizer.set_state(step, arrays)
+
+    shuffle = _field(obj, "shuffle", "training.", "object")
+    seed = _field(shuffle, "seed", "training.shuffle.", "any")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise _Problem(f"training.shuffle.seed must be null or an int >= 0, got {seed!r}")
+    generator = _field(shuffle, "generator", "training.shuffle.", "object")
+    if generator.get("bit_generator") != "PCG64":
+        raise _Problem("training.shuffle.generator must be a PCG64 state, got "
+                       f"{generator.get('bit_generator')!r}")
+    rng = np.random.Generator(np.random.PCG64())
+    try:
+        rng.bit_generator.state = generator
+    except (ValueError, TypeError, KeyError, OverflowError) as error:
+        raise _Problem(f"training.shuffle.generator is not a valid PCG64 state ({error})") from None
+    return TrainingState(epoch=epoch, optimizer=optimizer, shuffle_rng=rng, shuffle_seed=seed,
+                         batch_size=batch_size, weight_decay=float(weight_decay), clip=clip,
+                         clip_value=float(clip_value))
+
+
+def _decode(data: Any) -> MLP:
+    if not isinstance(data, dict):
+        raise _Problem(f"expected a JSON object at the top level, got {_kind(data)}")
+    version = _field(data, "format_version", "", "int")
+    if version != FORMAT_VERSION:
+        raise _Problem(f"format_version {version} is not supported "
+                       f"(this code reads version {FORMAT_VERSION})")
+    arch = _field(data, "architecture", "", "object")
+    w = "architecture."
+    layer_sizes = _field(arch, "layer_sizes", w, "list")
+    activations = _field(arch, "activations", w, "list")
+    try:
+        model = MLP(layer_sizes, hidden_activation=activations,
+                    output=_field(arch, "output", w, "string"),
+                    init=_field(arch, "init", w, "string"),
+                    dtype=_field(arch, "dtype", w, "string"),
+                    seed=_field(arch, "seed", w, "int"))
+    except ValueError as error:
+        raise _Problem(f"architecture: {error}") from None
+    params = _layers(_field(data, "parameters", "", "object"), model._layout, "parameters",
+                     model._np_dtype)
+    np.copyto(model._params, params)
+    training = _field(data, "training", "", "any")
+    if training is not None:
+        model._training = _training_state(training, model)
+    model.metadata = _field(data, "metadata", "", "object")
+    return model
+
+
+def from_dict(data: Any, source: str = "<dict>") -> MLP:
+    """A model from checkpoint content; CheckpointError naming ``source`` if invalid."""
+    try:
+        return _decode(data)
+    except _Problem as problem:
+        raise CheckpointError(source, str(problem)) from None
+
+
+def load(path: str | os.PathLike[str]) -> MLP:
+    """``MLP.load``: read and check a checkpoint file."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(path, "no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(path, "it is a directory, not a checkpoint file") from None
+    except OSError as error:
+        raise CheckpointError(path, f"cannot read it ({error.strerror})") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(path, "not UTF-8 text, so not a JSON checkpoint") from None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(path, f"not valid JSON ({error.msg} at line {error.lineno}, "
+                                    f"column {error.colno}); is it truncated?") from None
+    except RecursionError:
+        raise CheckpointError(path, "JSON nested too deeply") from None
+    return from_dict(data, os.fspath(path))

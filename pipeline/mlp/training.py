@@ -1,0 +1,421 @@
+"""The training loop behind ``MLP.train``: settings checks, epochs, early stopping, resuming.
+
+Every epoch starts with a snapshot of the state it will change (parameters, optimiser state,
+shuffle generator, epoch counter). If the loss or a parameter turns non-finite, the snapshot
+is restored and TrainingDiverged raised, so the model is left exactly as at the end of the
+previous epoch. Early stopping uses the same kind of snapshot to return to the best epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .clipping import get_clipper
+from .errors import ConvergenceWarning, TrainingDiverged
+from .history import History
+from .network import Network, Workspace, backward, forward
+from .optimizers import Optimizer, make_optimizer
+from .outputs import BatchSums, OutputLayer
+from .validation import check_features, check_labels
+
+if TYPE_CHECKING:
+    from .model import MLP
+
+Array = npt.NDArray[np.floating]
+Callback = Callable[[int, dict[str, float], "MLP"], Any]
+
+# ConvergenceWarning when the monitored loss still fell by more than TOL within the last
+# WINDOW epochs before the epoch limit (sklearn's tol and n_iter_no_change defaults).
+CONVERGENCE_TOL = 1e-4
+CONVERGENCE_WINDOW = 10
+# The shuffle stream's default seed is a child of the model seed, independent of the init draws.
+_SHUFFLE_SPAWN_KEY = (1,)
+
+
+@dataclass
+class TrainingState:
+    """What continuing a training run exactly needs; saved in checkpoints."""
+
+    epoch: int  # epochs completed in the current run
+    optimizer: Optimizer
+    shuffle_rng: np.random.Generator
+    shuffle_seed: int | None  # None: derived from the model seed
+    batch_size: int | None
+    weight_decay: float
+    clip: str
+    clip_value: float
+
+
+def shuffle_generator(model_seed: int, shuffle_seed: int | None) -> np.random.Generator:
+    """The Generator that orders mini-batches: from shuffle_seed, else from the model seed."""
+    if shuffle_seed is not None:
+        return np.random.default_rng(shuffle_seed)
+    return np.random.default_rng(np.random.SeedSequence(model_seed, spawn_key=_SHUFFLE_SPAWN_KEY))
+
+
+# ---- settings --------------------------------------------------------------------------------
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
+    if optional and value is None:
+        return None
+    if not _is_int(value) or value < minimum:
+        kind = f"None or an int >= {minimum}" if optional else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
+
+
+def _check_real(name: str, value: Any, *, positive: bool) -> float:
+    ok = _is_real(value) and math.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The arguments of ``MLP.train``, checked."""
+
+    learning_rate: float
+    epochs: int
+    batch_size: int | None
+    optimizer: str
+    optimizer_options: dict[str, float | bool]
+    weight_decay: float
+    clip: str
+    clip_value: float
+    patience: int | None
+    shuffle_seed: int | None
+    callbacks: tuple[Callback, ...]
+    resume: bool
+
+    @classmethod
+    def check(cls, *, learning_rate: float, epochs: int, batch_size: int | None, optimizer: str,
+              optimizer_options: Mapping[str, float | bool] | None, weight_decay: float,
+              clip: str, clip_value: float, has_validation: bool,
+              early_stopping_patience: int | None, shuffle_seed: int | None,
+              callbacks: Sequence[Callback], resume: bool) -> Settings:
+        # Building the optimiser checks its name, the learning rate and the options.
+        make_optimizer(optimizer, learning_rate, optimizer_options)
+        get_clipper(clip)
+        if early_stopping_patience is not None and not has_validation:
+            raise ValueError("early_stopping_patience needs validation data: pass "
+                             "validation=(X_val, y_val)")
+        if isinstance(callbacks, str) or not all(callable(cb) for cb in callbacks):
+            raise ValueError("callbacks must be a sequence of callables "
+                             "callback(epoch, metrics, model)")
+        if not isinstance(resume, bool | np.bool_):
+            raise ValueError(f"resume must be True or False, got {resume!r}")
+        return cls(
+            learning_rate=float(learning_rate),
+            epochs=_check_int("epochs", epochs, 1),  # type: ignore[arg-type]
+            batch_size=_check_int("batch_size", batch_size, 1, optional=True),
+            optimizer=optimizer,
+            optimizer_options=dict(optimizer_options or {}),
+            weight_decay=_check_real("weight_decay", weight_decay, positive=False),
+            clip=clip,
+            clip_value=_check_real("clip_value", clip_value, positive=True),
+            patience=_check_int("early_stopping_patience", early_stopping_patience, 1,
+                                optional=True),
+            shuffle_seed=_check_int("shuffle_seed", shuffle_seed, 0, optional=True),
+            callbacks=tuple(callbacks),
+            resume=bool(resume),
+        )
+
+
+def start_state(model: MLP, settings: Settings) -> TrainingState:
+    """The state to train from: the model's own when resuming, else a fresh one."""
+    prior: TrainingState | None = model._training
+    requested = make_optimizer(settings.optimizer, settings.learning_rate,
+                               settings.optimizer_options)
+    if settings.resume and prior is not None:
+        stored = prior.optimizer
+        if stored.name != requested.name or stored.options != requested.options:
+            raise ValueError(
+                f"cannot resume: the model was trained with optimizer={stored.name!r} "
+                f"{stored.options}, but train() was given optimizer={requested.name!r} "
+                f"{requested.options}; pass the same optimizer or resume=False")
+        if settings.epochs < prior.epoch:
+            raise ValueError(f"cannot resume to epochs={settings.epochs}: the model has already "
+                             f"run {prior.epoch} epochs (with resume=True, epochs is the total)")
+        if settings.shuffle_seed is not None and settings.shuffle_seed != prior.shuffle_seed:
+            raise ValueError(f"cannot resume with shuffle_seed={settings.shuffle_seed}: the "
+                             f"model's shuffle stream came from shuffle_seed="
+                             f"{prior.shuffle_seed} (None: derived from the model seed)")
+        stored.learning_rate = settings.learning_rate  # the rate may change between sessions
+        return TrainingState(
+            epoch=prior.epoch, optimizer=stored, shuffle_rng=prior.shuffle_rng,
+            shuffle_seed=prior.shuffle_seed, batch_size=settings.batch_size,
+            weight_decay=settings.weight_decay, clip=settings.clip,
+            clip_value=settings.clip_value)
+    requested.reset(model._layout.size, model._np_dtype)
+    return TrainingState(
+        epoch=0, optimizer=requested,
+        shuffle_rng=shuffle_generator(model.seed, settings.shuffle_seed),
+        shuffle_seed=settings.shuffle_seed, batch_size=settings.batch_size,
+        weight_decay=settings.weight_decay, clip=settings.clip, clip_value=settings.clip_value)
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+@dataclass
+class Data:
+    """A checked data set. ``features`` may be the caller's own array (when it already has the
+    model's dtype): it is only ever read, never written."""
+
+    n: int
+    features: Array  # X: (n, n_features) in the model's dtype
+    targets: Array  # encoded targets: (k, n)
+
+    def inputs(self) -> Array:
+        """[X^T; 1]: (n_features + 1, n), features-by-samples, for a fixed batch (a copy)."""
+        inputs = np.ones((self.features.shape[1] + 1, self.n), dtype=self.features.dtype)
+        inputs[:-1] = self.features.T
+        return inputs
+
+    def target_rows(self) -> Array:
+        """The targets samples-major, (n, k), for gathering mini-batches (a copy)."""
+        return np.ascontiguousarray(self.targets.T)
+
+
+def prepare_data(model: MLP, X: Any, y: Any, suffix: str = "") -> Data:
+    """Check X and y against the model; never writes into X or y."""
+    features = check_features(X, model.layer_sizes[0], model._np_dtype, name="X" + suffix)
+    n = features.shape[0]
+    labels = check_labels(y, n, model.n_classes, model.output, name="y" + suffix)
+    k = model.layer_sizes[-1]
+    return Data(n, features, model._output_layer.encode_targets(labels, k, model._np_dtype))
+
+
+# ---- one gradient ----------------------------------------------------------------------------
+
+def gradient_into(net: Network, output: OutputLayer, grad_blocks: Sequence[Array],
+                  ws: Workspace) -> BatchSums:
+    """grad_blocks[l] = d(mean loss)/d[W_l; b_l] on the batch in ``ws``, unclipped and without
+    weight decay; returns the batch's summed loss, squared error and hits."""
+    z = forward(net, ws)
+    sums = output.loss_and_delta(z, ws.targets, ws.delta[-1], ws.scratch)
+    np.multiply(ws.delta[-1], 1.0 / ws.n, out=ws.delta[-1])  # (P - Y) / n: the MEAN loss
+    backward(net, grad_blocks, ws)
+    return sums
+
+
+def add_weight_decay(grads: Array, params: Array, decay: Array, scratch: Array) -> None:
+    """grads += wd W: the gradient of the L2 penalty wd/2 |W|^2, weights only.
+
+    ``decay`` is the flat vector wd * ParameterLayout.weight_mask (0 at biases).
+    """
+    np.multiply(params, decay, out=scratch)
+    np.add(grads, scratch, out=grads)
+
+
+# ---- the loop --------------------------------------------------------------------------------
+
+class _NonFinite(Exception):
+    """Internal: something became non-finite; the message says what."""
+
+
+class _Snapshot:
+    """A copy of the state one epoch changes, to roll back to."""
+
+    def __init__(self, params: Array, state: TrainingState, with_rng: bool) -> None:
+        self._live_params, self._state, self._with_rng = params, state, with_rng
+        self._params = np.empty_like(params)
+        self._moments = {k: np.empty_like(v) for k, v in state.optimizer.state.items()}
+        self._step = self._epoch = 0
+        self._rng: dict[str, Any] | None = None
+
+    def take(self) -> None:
+        np.copyto(self._params, self._live_params)
+        optimizer = self._state.optimizer
+        if self._moments:
+            for name, saved in self._moments.items():
+                np.copyto(saved, optimizer.state[name])
+        self._step, self._epoch = optimizer.step_count, self._state.epoch
+        if self._with_rng:  # a full batch never draws from the generator
+            self._rng = self._state.shuffle_rng.bit_generator.state
+
+    def restore(self) -> None:
+        np.copyto(self._live_params, self._params)
+        optimizer = self._state.optimizer
+        for name, saved in self._moments.items():
+            np.copyto(optimizer.state[name], saved)
+        optimizer.step_count, self._state.epoch = self._step, self._epoch
+        if self._rng is not None:
+            self._state.shuffle_rng.bit_generator.state = self._rng
+
+
+TRAIN_METRICS = ("train_loss", "train_mse", "train_accuracy")
+VAL_METRICS = ("val_loss", "val_mse", "val_accuracy")
+
+
+def _metrics(names: tuple[str, str, str], sums: BatchSums, n: int, k: int) -> dict[str, float]:
+    """Means from a pass's sums: loss per sample, squared error per output, accuracy."""
+    loss_sum, sq_sum, n_correct = sums
+    return {names[0]: loss_sum / n, names[1]: sq_sum / (n * k), names[2]: n_correct / n}
+
+
+class Loop:
+    """Runs epochs on one model with one set of settings; see ``run``."""
+
+    def __init__(self, model: MLP, settings: Settings, state: TrainingState, train: Data,
+                 val: Data | None) -> None:
+        self.model, self.settings, self.state = model, settings, state
+        self.params, self.net, self.output = model._params, model._net, model._output_layer
+        self.k = model.layer_sizes[-1]
+        dtype = model._np_dtype
+        self.grads = np.empty_like(self.params)
+        self.grad_blocks = model._layout.blocks(self.grads)
+        self.clipper = get_clipper(state.clip)
+        self.decay: Array | None = None
+        if state.weight_decay > 0:  # wd on weights only: a flat vector of wd or 0 per entry
+            self.decay = model._layout.weight_mask(dtype) * state.weight_decay
+            self.decay_term = np.empty_like(self.params)
+        self.n = train.n
+        self.batch_size = None if state.batch_size is None else min(state.batch_size, train.n)
+        sizes = model.layer_sizes
+        if self.batch_size is None:
+            self.full = Workspace(sizes, train.n, dtype, train.inputs(), train.targets)
+        else:  # batches are gathered from X itself: no copy of the whole data set
+            self.features, self.target_rows = train.features, train.target_rows()
+            self.batch = Workspace(sizes, self.batch_size, dtype)
+            rest = train.n % self.batch_size
+            self.last = Workspace(sizes, rest, dtype) if rest else self.batch
+        self.val = None if val is None else Workspace(sizes, val.n, dtype, val.inputs(),
+                                                      val.targets)
+        self.snapshot = _Snapshot(self.params, state, with_rng=self.batch_size is not None)
+        self.best: _Snapshot | None = None
+        if settings.patience is not None:
+            self.best = _Snapshot(self.params, state, with_rng=True)
+
+    def step(self, ws: Workspace) -> BatchSums:
+        """One gradient step on the batch in ``ws``; its loss sums are from before the step."""
+        sums = gradient_into(self.net, self.output, self.grad_blocks, ws)
+        if not math.isfinite(sums[0]):
+            raise _NonFinite(f"the training loss became {sums[0] / ws.n}")
+        if self.decay is not None:
+            add_weight_decay(self.grads, self.params, self.decay, self.decay_term)
+        self.clipper(self.grads, self.state.clip_value)
+        self.state.optimizer.update(self.params, self.grads)
+        return sums
+
+    def train_epoch(self) -> BatchSums:
+        """One pass over the training data; the summed loss, squared error and hits."""
+        if self.batch_size is None:
+            return self.step(self.full)
+        loss_sum = sq_sum = 0.0
+        n_correct = 0
+        order = self.state.shuffle_rng.permutation(self.n)
+        for start in range(0, self.n, self.batch_size):
+            index = order[start:start + self.batch_size]
+            ws = self.batch if index.size == self.batch_size else self.last
+            ws.load_batch(self.features, self.target_rows, index)
+            batch_loss, batch_sq, batch_correct = self.step(ws)
+            loss_sum += batch_loss
+            sq_sum += batch_sq
+            n_correct += batch_correct
+        return loss_sum, sq_sum, n_correct
+
+    def evaluate(self, ws: Workspace) -> BatchSums:
+        """Loss sums of the current parameters on a fixed data set (no update)."""
+        z = forward(self.net, ws)
+        return self.output.loss_and_delta(z, ws.targets, ws.delta[-1], ws.scratch)
+
+    def run(self) -> History:
+        settings, state, params = self.settings, self.state, self.params
+        history = History(metrics={name: [] for name in self._metric_names()})
+        columns = [history.metrics[name] for name in self._metric_names()]
+        best_loss = math.inf
+        for epoch in range(state.epoch + 1, settings.epochs + 1):
+            self.snapshot.take()
+            try:
+                metrics = _metrics(TRAIN_METRICS, self.train_epoch(), self.n, self.k)
+                if not math.isfinite(float(np.add.reduce(params))):  # inf/nan if any one is
+                    raise _NonFinite("a parameter became non-finite")
+                if self.val is not None:
+                    metrics.update(_metrics(VAL_METRICS, self.evaluate(self.val), self.val.n,
+                                            self.k))
+                    if not math.isfinite(metrics["val_loss"]):
+                        raise _NonFinite(f"the validation loss became {metrics['val_loss']}")
+            except _NonFinite as why:
+                self.snapshot.restore()
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epoch}: {why} (optimizer="
+                    f"{state.optimizer.name}, learning_rate={state.optimizer.learning_rate:g}, "
+                    f"clip={state.clip}); the model was left as at the end of epoch "
+                    f"{epoch - 1}", epoch=epoch, history=history) from None
+            state.epoch = epoch
+            state.optimizer.on_epoch_end(epoch)
+            history.epochs.append(epoch)
+            for column, value in zip(columns, metrics.values(), strict=True):
+                column.append(value)
+            stop = False
+            if self.val is not None:
+                if metrics["val_loss"] < best_loss:
+                    best_loss, history.best_epoch = metrics["val_loss"], epoch
+                    if self.best is not None:
+                        self.best.take()
+                elif (settings.patience is not None and history.best_epoch is not None
+                      and epoch - history.best_epoch >= settings.patience):
+                    stop = True
+            for callback in settings.callbacks:
+                callback(epoch, metrics, self.model)
+            if stop:
+                assert self.best is not None
+                self.best.restore()
+                history.stopped_early = True
+                break
+        if not history.stopped_early and history.epochs:
+            self._warn_if_still_improving(history)
+        return history
+
+    def _metric_names(self) -> tuple[str, ...]:
+        return TRAIN_METRICS if self.val is None else TRAIN_METRICS + VAL_METRICS
+
+    def _warn_if_still_improving(self, history: History) -> None:
+        name = "val_loss" if self.val is not None else "train_loss"
+        losses = history.metrics[name]
+        if len(losses) > CONVERGENCE_WINDOW:
+            earlier, recent = losses[:-CONVERGENCE_WINDOW], losses[-CONVERGENCE_WINDOW:]
+        else:
+            earlier, recent = losses[:1], losses[1:]
+        if recent and min(recent) < min(earlier) - CONVERGENCE_TOL:
+            warnings.warn(
+                f"training stopped at the epoch limit ({self.settings.epochs}) while {name} was "
+                f"still falling (by {min(earlier) - min(recent):.3g} over the last "
+                f"{len(recent)} epochs); more epochs or a larger learning rate may help",
+                ConvergenceWarning, stacklevel=5)  # points at the MLP.train call
+
+
+def fit(model: MLP, X: Any, y: Any, *, validation: tuple[Any, Any] | None,
+        **arguments: Any) -> History:
+    """``MLP.train``: check everything, then run the loop. The model only changes once all
+    checks have passed."""
+    if validation is not None and (not isinstance(validation, tuple | list)
+                                   or len(validation) != 2):
+        raise ValueError("validation must be a pair (X_val, y_val) or None")
+    settings = Settings.check(has_validation=validation is not None, **arguments)
+    train = prepare_data(model, X, y)
+    val = None if validation is None else prepare_data(model, *validation, suffix="_val")
+    state = start_state(model, settings)
+    model._training = state
+    # Overflow on the way to divergence is detected (TrainingDiverged), not warned about; the
+    # setting also covers the callbacks, which run inside the loop.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return Loop(model, settings, state, train, val).run()

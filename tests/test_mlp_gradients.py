@@ -1,0 +1,142 @@
+"""Backprop against central differences, for every hidden activation and both outputs.
+
+The analytic gradient is the one training uses (``MLP._loss_and_gradients``: forward, loss,
+backward, weight decay; unclipped). The numerical one perturbs each parameter through the
+public ``weights``/``biases`` views by +-1e-6 and differences the loss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.mlp import ACTIVATIONS, MLP, register_activation
+
+BUILT_IN = ["relu", "leaky_relu", "tanh", "sigmoid", "identity"]
+EPS = 1e-6
+MINI_BATCH = [0, 2, 3, 5, 6]
+
+
+def _data(n_features: int, n_classes: int, n: int = 7, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, n_features))
+    y = np.arange(n) % n_classes  # every class present
+    rng.shuffle(y)
+    return X, y
+
+
+def _numerical_gradients(model: MLP, X, y, weight_decay: float, indices):
+    def loss() -> float:
+        return model._loss_and_gradients(X, y, weight_decay=weight_decay, indices=indices)[0]
+
+    grads = []
+    for param in [*model.weights, *model.biases]:  # views: writing perturbs the model
+        g = np.empty_like(param)
+        for idx in np.ndindex(param.shape):
+            original = param[idx]
+            param[idx] = original + EPS
+            plus = loss()
+            param[idx] = original - EPS
+            minus = loss()
+            param[idx] = original
+            g[idx] = (plus - minus) / (2 * EPS)
+        grads.append(g)
+    return grads
+
+
+def _relative_error(analytic, numerical) -> float:
+    a = np.concatenate([g.ravel() for g in analytic])
+    n = np.concatenate([g.ravel() for g in numerical])
+    return float(np.linalg.norm(a - n) / max(np.linalg.norm(a), np.linalg.norm(n)))
+
+
+def _check(model: MLP, X, y, weight_decay: float = 0.0, indices=None) -> None:
+    _, dW, db = model._loss_and_gradients(X, y, weight_decay=weight_decay, indices=indices)
+    numerical = _numerical_gradients(model, X, y, weight_decay, indices)
+    assert _relative_error([*dW, *db], numerical) < 1e-6
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+@pytest.mark.parametrize("indices", [None, MINI_BATCH], ids=["full", "mini"])
+@pytest.mark.parametrize("output,k", [("sigmoid", 1), ("softmax", 3)])
+@pytest.mark.parametrize("activation", BUILT_IN)
+def test_gradient_matches_central_differences(activation, output, k, indices, weight_decay):
+    X, y = _data(3, 2 if k == 1 else k)
+    model = MLP([3, 4, 5, k], hidden_activation=activation, output=output, seed=1)
+    _check(model, X, y, weight_decay, indices)
+
+
+@pytest.mark.parametrize("layer_sizes", [[3, 5, 1], [6, 3, 1], [4, 1], [2, 3, 1, 4, 1]])
+@pytest.mark.parametrize("indices", [None, MINI_BATCH], ids=["full", "mini"])
+def test_gradient_on_every_backward_path(layer_sizes, indices):
+    # [3, 5, 1] takes backward's rank-one shortcut for the first layer, [6, 3, 1] does not;
+    # [4, 1] has no hidden layer; [2, 3, 1, 4, 1] has a hidden layer of one unit.
+    X, y = _data(layer_sizes[0], 2)
+    model = MLP(layer_sizes, hidden_activation="tanh", seed=2)
+    _check(model, X, y, 0.05, indices)
+
+
+def test_gradient_with_mixed_activations():
+    X, y = _data(3, 3)
+    model = MLP([3, 4, 4, 3], hidden_activation=["tanh", "leaky_relu"], output="softmax",
+                seed=3)
+    _check(model, X, y)
+
+
+def test_mini_batch_gradient_equals_full_batch_gradient_of_those_rows():
+    X, y = _data(3, 2, n=9)
+    model = MLP([3, 4, 1], seed=4)
+    loss_a, dW_a, db_a = model._loss_and_gradients(X, y, indices=MINI_BATCH)
+    loss_b, dW_b, db_b = model._loss_and_gradients(X[MINI_BATCH], y[MINI_BATCH])
+    assert loss_a == pytest.approx(loss_b, rel=1e-12)
+    for a, b in zip([*dW_a, *db_a], [*dW_b, *db_b], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_weight_decay_adds_wd_times_w_to_weights_only():
+    X, y = _data(3, 2)
+    model = MLP([3, 4, 1], seed=5)
+    loss0, dW0, db0 = model._loss_and_gradients(X, y)
+    loss1, dW1, db1 = model._loss_and_gradients(X, y, weight_decay=0.3)
+    assert loss1 == pytest.approx(loss0 + 0.15 * sum(float((w**2).sum()) for w in model.weights))
+    for w, g0, g1 in zip(model.weights, dW0, dW1, strict=True):
+        np.testing.assert_allclose(g1, g0 + 0.3 * w, rtol=1e-12)
+    for g0, g1 in zip(db0, db1, strict=True):
+        np.testing.assert_array_equal(g1, g0)
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_activation_derivatives_and_in_place_versions(name):
+    act = ACTIVATIONS[name]
+    z = np.random.default_rng(0).normal(size=(3, 11)) * 3
+    z[np.abs(z) < 1e-3] = 0.5  # keep away from the ReLU kinks
+    a = act.forward(z)
+    numerical = (act.forward(z + EPS) - act.forward(z - EPS)) / (2 * EPS)
+    np.testing.assert_allclose(act.derivative(z, a), numerical, rtol=1e-6, atol=1e-9)
+    out = np.empty_like(z)
+    act.forward_into(z, out)
+    np.testing.assert_array_equal(out, a)
+    act.derivative_into(z, a, out)
+    np.testing.assert_allclose(out, act.derivative(z, a), rtol=1e-15)
+    delta = np.ones_like(z) * 2.0
+    act.scale_delta(z, a, delta, np.empty(z.shape, dtype=bool))
+    np.testing.assert_allclose(delta, 2.0 * act.derivative(z, a), rtol=1e-15)
+
+
+def test_registered_activation_is_usable_and_gradient_checked():
+    def softplus(z):
+        return np.logaddexp(0.0, z)
+
+    def softplus_derivative(z, a):
+        return 1.0 / (1.0 + np.exp(-z))
+
+    register_activation("softplus_test", softplus, softplus_derivative)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_activation("softplus_test", softplus, softplus_derivative)
+        X, y = _data(3, 2)
+        model = MLP([3, 4, 5, 1], hidden_activation="softplus_test", seed=6)
+        _check(model, X, y)
+        _check(MLP([3, 5, 1], hidden_activation="softplus_test", seed=6), X, y)
+    finally:
+        ACTIVATIONS.pop("softplus_test")
