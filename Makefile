@@ -40,7 +40,12 @@ test-fast: $(STAMP) ## run the tests that take seconds (skips those marked slow)
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check .
 
+TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13.0*cp311*.whl))
+
 bench: $(STAMP) ## speed benchmark of the core against a plain NumPy loop, scikit-learn and PyTorch
+	@# PyTorch only from a local wheel: a plain `pip install torch` pulls a multi-GB CUDA build.
+	@if [ -n "$(TORCH_WHEEL)" ] && ! $(PY) -c "import torch" 2>/dev/null; then \
+		$(PY) -m pip install --quiet -c requirements.lock "$(TORCH_WHEEL)"; fi
 	$(PY) -m bench $(ARGS)
 
 ui: $(STAMP) ## open the runs: MLflow UI on http://$(HOST):$(PORT) (127.0.0.1 only by default)
@@ -73,4 +78,5 @@ clean: ## remove outputs, sweeps and the stage cache (keeps the MLflow store and
 	rm -rf $(ROOT)/outputs $(ROOT)/multirun $(ROOT)/.cache
 
 lock: $(STAMP) ## rewrite requirements.lock from the current .venv
-	$(PY) -m pip freeze --exclude-editable | grep -v '^mlp-pipeline' > requirements.lock
+	$(PY) -m pip freeze --exclude-editable | grep -v -e '^mlp-pipeline' -e '^torch' \
+		-e '^hydra-optuna-sweeper' > requirements.lock

@@ -220,9 +220,9 @@ class RunTracker:
             with warnings.catch_warnings():  # integer label columns are fine here
                 warnings.simplefilter("ignore", UserWarning)
                 dataset = from_pandas(frame, source=source, targets=targets, name=context,
-                                      digest=digests[context][:36])
+                                      digest=digests[context][:36])._to_mlflow_entity()
             tag = InputTag(key="mlflow.data.context", value=context)
-            inputs.append(DatasetInput(dataset=dataset._to_mlflow_entity(), tags=[tag]))
+            inputs.append(DatasetInput(dataset=dataset, tags=[tag]))
         retrying(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
     def log_pyfunc_model(self, **kwargs: Any) -> None:

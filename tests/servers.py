@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -84,11 +85,13 @@ def start_postgres(workdir: Path) -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    data = workdir / "pgdata"
+    # pytest's tmp folders are private to root; the postgres user needs its own folder.
+    base = Path(tempfile.mkdtemp(prefix="pg-"))
+    data = base / "data"
     data.mkdir()
     as_user: list[str] = []
     if os.geteuid() == 0:
-        shutil.chown(workdir, "postgres")
+        shutil.chown(base, "postgres")
         shutil.chown(data, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     port = free_port()
@@ -106,13 +109,19 @@ def start_postgres(workdir: Path) -> Iterator[str]:
     finally:
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast",
                         "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# A cluster on loopback: without these, the head and the driver advertise the machine's
+# network address instead of 127.0.0.1 and the driver never reaches the head.
+RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+                    "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def start_ray_head(workdir: Path) -> Iterator[str]:
     """A local Ray head on 127.0.0.1; yields its address. ``ray stop`` afterwards."""
     port = free_port()
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **RAY_LOOPBACK_ENV}
     ray = str(BIN / "ray")
     started = subprocess.run(
         [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",

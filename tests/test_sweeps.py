@@ -20,15 +20,15 @@ EPOCHS = 40
 GRID = ["optimizer.lr=0.01,0.1", "model.hidden_sizes=[4],[8]"]
 
 
-def multirun(tmp_path: Path, uri: str, *args: str, timeout: int = 600
-             ) -> subprocess.CompletedProcess:
+def multirun(tmp_path: Path, uri: str, *args: str, timeout: int = 600,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipeline", "-m", *args, f"tracking.uri={uri}",
          f"train.epochs={EPOCHS}", "train.checkpoint_every=0", "tracking.plots=false",
          "tracking.log_model=false", f"pipeline.cache_dir={tmp_path / 'cache'}",
          f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})},
     )
 
 
@@ -134,6 +134,7 @@ def ray_head(tmp_path) -> Iterator[str]:
 
 def test_sweep_on_an_existing_ray_cluster(tmp_path, store, ray_head) -> None:
     done = multirun(tmp_path, store, *GRID, "hydra/launcher=ray_cluster",
-                    f"hydra.launcher.ray.init.address={ray_head}", timeout=900)
+                    f"hydra.launcher.ray.init.address={ray_head}", timeout=900,
+                    env=servers.RAY_LOOPBACK_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     check_complete_sweep(store, 4)

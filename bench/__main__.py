@@ -1,0 +1,69 @@
+"""``python -m bench [--quick] [--only W1 W2 W3 scaling] [--threads N] [--no-memory]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.contenders import ALL_KEYS
+from bench.run import RESULTS_DIR, Plan, run_benchmark
+from bench.scaling import ScalingPlan
+from bench.workloads import standard_workloads
+
+PARTS = ("W1", "W2", "W3", "scaling")
+QUICK_SCALING = ScalingPlan(rows=(10**2, 10**3, 10**4, 10**5), widths=(8, 32, 128, 256),
+                            width_rows=5_000, target_flops=3e8, max_epochs=30,
+                            memory_keys=("core",))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Speed of the NumPy MLP core against a textbook NumPy loop, scikit-learn "
+                    "and PyTorch. Results: stdout and bench/results/.")
+    parser.add_argument("--quick", action="store_true",
+                        help="shorter runs and a smaller scaling study (about a minute)")
+    parser.add_argument("--only", nargs="+", choices=PARTS, metavar="PART",
+                        help=f"run only these parts, of {', '.join(PARTS)}")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="BLAS/OpenMP/torch threads for every contender (default 2)")
+    parser.add_argument("--contenders", nargs="+", choices=ALL_KEYS, default=list(ALL_KEYS),
+                        help="which contenders to run (default all that are installed)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak-memory subprocesses")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
+                        help=f"output directory (default {RESULTS_DIR})")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    return args
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    """The Plan the command line asks for."""
+    parts = set(args.only or PARTS)
+    workloads = tuple(w for w in standard_workloads(args.quick) if w.name in parts)
+    scaling = None
+    if "scaling" in parts:
+        scaling = QUICK_SCALING if args.quick else ScalingPlan()
+    return Plan(workloads=workloads, contender_keys=tuple(args.contenders),
+                threads=args.threads, memory=not args.no_memory,
+                verify_epochs=300 if args.quick else 500, scaling=scaling, out_dir=args.out,
+                mode="quick" if args.quick else "full")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print bench.md (and scaling.md) to stdout."""
+    plan = plan_from_args(parse_args(argv))
+    text, scaling_text = run_benchmark(plan)
+    print(text)
+    if scaling_text:
+        print(scaling_text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Smoke test of the speed benchmark's plumbing (bench/) on minuscule sizes. No timing checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import yardstick
+from bench.matmuls import matmul_seconds_per_epoch, step_matmuls
+from bench.memory import measure_many
+from bench.run import Plan, run_benchmark
+from bench.scaling import ScalingPlan
+from bench.workloads import Workload, activation_bytes, data_bytes, make_data, rf_task
+
+TINY_W1 = Workload("W1", (2, 3, 1), 40, epochs=3, learning_rate=0.003, data="rf", repeats=1,
+                   memory_epochs=1)
+TINY_W3 = Workload("W3", (4, 5, 3, 1), 50, epochs=2, batch_size=16, repeats=1,
+                   memory_epochs=1)
+TINY_SCALING = ScalingPlan(rows=(20, 40), widths=(2, 4), width_rows=20, full_batch_max=20,
+                           batch_size=16, target_flops=1e3, max_epochs=2)
+
+
+def test_rf_task_is_rustnets_training_split() -> None:
+    X, y = rf_task()
+    assert X.shape == (800, 2) and y.shape == (800,)
+    np.testing.assert_allclose(X.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(X.std(axis=0), 1.0)
+    assert set(np.unique(y)) == {0, 1}
+
+
+def test_workload_data_and_sizes() -> None:
+    X, y = make_data(TINY_W3.with_(dtype="float32"))
+    assert X.dtype == np.float32 and X.shape == (50, 4) and y.shape == (50,)
+    assert data_bytes(TINY_W3) == 50 * (4 * 8 + 8)
+    assert activation_bytes(TINY_W3) == 2 * 16 * (5 + 3 + 1) * 8
+
+
+def test_yardstick_learns_in_both_batch_modes() -> None:
+    X, y = make_data(TINY_W1.with_(n_rows=800))
+    for batch_size in (None, 64):
+        weights, biases = yardstick.initial_parameters((2, 12, 1))
+        mse = yardstick.train(X, y, weights, biases, learning_rate=0.1, epochs=60,
+                              batch_size=batch_size)
+        assert len(mse) == 60 and mse[-1] < mse[0]
+
+
+def test_step_matmuls_cover_forward_and_backward() -> None:
+    ops = step_matmuls((4, 5, 3, 1), rows=7, dtype="float32")
+    assert len(ops) == 3 + 3 + 2  # forward, weight gradients, deltas of layers > 0
+    assert all(out.dtype == np.float32 for _, _, out in ops)
+    assert matmul_seconds_per_epoch((4, 5, 1), 50, 16, "float64", target=1e-4) > 0
+
+
+def test_numpy_only_plan_writes_the_table(tmp_path: Path) -> None:
+    plan = Plan(workloads=(TINY_W1, TINY_W3), contender_keys=("core", "yardstick"), threads=1,
+                memory=False, verify_epochs=5, scaling=None, out_dir=tmp_path,
+                matmul_target=1e-4)
+    text, scaling_text = run_benchmark(plan, say=lambda message: None)
+    assert scaling_text is None and not (tmp_path / "scaling.md").exists()
+    assert "| W3 | yardstick (textbook NumPy) |" in text
+    assert "| W3 | bare np.matmul (floor) |" in text
+
+
+@pytest.mark.slow  # imports scikit-learn, torch and matplotlib: ~5 s
+def test_tiny_plan_writes_tables_and_figure(tmp_path: Path) -> None:
+    plan = Plan(workloads=(TINY_W1, TINY_W3, TINY_W3.with_(dtype="float32")), threads=1,
+                memory=False, verify_epochs=5, scaling=TINY_SCALING, out_dir=tmp_path,
+                matmul_target=1e-4)
+    text, scaling_text = run_benchmark(plan, say=lambda message: None)
+    assert (tmp_path / "bench.md").read_text(encoding="utf-8") == text
+    assert "| W1 | yardstick (textbook NumPy) |" in text
+    assert "| W3 f32 | bare np.matmul (floor) |" in text
+    assert "- Machine: " in text and "- BLAS: " in text
+    assert scaling_text is not None and "| 40 |" in scaling_text
+    assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_memory_child_reports_a_peak() -> None:
+    [result] = measure_many([(TINY_W1, "yardstick")], threads=1)
+    assert result.error is None and result.peak_mib > 0
