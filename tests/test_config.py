@@ -49,9 +49,7 @@ def test_rustnet_rf_preset_matches_run2(compose_cfg) -> None:
 
 def test_rustnet_csv_preset_points_at_the_diabetes_csv(compose_cfg) -> None:
     config = validate(compose_cfg("experiment=rustnet_csv"))
-    assert Path(config.data.path).resolve() == (
-        PROJECT_ROOT.parent / "shared/data/rustnet_diabetes.csv"
-    ).resolve()
+    assert Path(config.data.path) == PROJECT_ROOT / "data" / "rustnet_diabetes.csv"
     assert config.model.hidden_sizes == [10] and config.optimizer.lr == 0.001
     assert config.train.epochs == 2000
 
