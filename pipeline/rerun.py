@@ -52,26 +52,38 @@ def _histories(client: Any, run: Any) -> dict[str, list[tuple[int, float]]]:
     return histories
 
 
-def first_difference(client: Any, original: Any, rerun: Any) -> Difference | None:
-    """The earliest difference between two runs' results, or None when bit-identical."""
-    a, b = _histories(client, original), _histories(client, rerun)
-    if sorted(a) != sorted(b):
-        return Difference("the set of metrics", "", sorted(a), sorted(b))
-    earliest: Difference | None = None
-    earliest_step = None
-    for key in a:
+def _first_in(a: dict[str, list[tuple[int, float]]], b: dict[str, list[tuple[int, float]]]
+              ) -> Difference | None:
+    """The difference at the earliest step across the metric histories in ``a`` and ``b``."""
+    earliest: tuple[int, Difference] | None = None
+    for key in sorted(a):
         for (step_a, value_a), (step_b, value_b) in zip(a[key], b[key], strict=False):
             if step_a != step_b or value_a != value_b:
-                if earliest_step is None or step_a < earliest_step:
-                    earliest = Difference(f"metric {key}", f" at step {step_a}", value_a, value_b)
-                    earliest_step = step_a
+                if earliest is None or step_a < earliest[0]:
+                    found = Difference(f"metric {key}", f" at step {step_a}", value_a, value_b)
+                    earliest = (step_a, found)
                 break
         else:
             if len(a[key]) != len(b[key]) and earliest is None:
-                earliest = Difference(f"metric {key}", " (history length)", len(a[key]),
-                                      len(b[key]))
-    if earliest is not None:
-        return earliest
+                earliest = (0, Difference(f"metric {key}", " (history length)", len(a[key]),
+                                          len(b[key])))
+    return earliest[1] if earliest else None
+
+
+def first_difference(client: Any, original: Any, rerun: Any) -> Difference | None:
+    """The first difference between two runs' results, or None when bit-identical.
+
+    Order: the per-epoch histories (earliest epoch first), then the final metrics, then
+    the data digests, the checkpoint and the predictions.
+    """
+    a, b = _histories(client, original), _histories(client, rerun)
+    if sorted(a) != sorted(b):
+        return Difference("the set of metrics", "", sorted(a), sorted(b))
+    per_epoch = {k for k, points in a.items() if any(step > 0 for step, _ in points)}
+    for keys in (per_epoch, set(a) - per_epoch):
+        found = _first_in({k: a[k] for k in keys}, {k: b[k] for k in keys})
+        if found is not None:
+            return found
     for tag in COMPARED_TAGS:
         value_a, value_b = original.data.tags.get(tag), rerun.data.tags.get(tag)
         if value_a != value_b:
@@ -147,8 +159,13 @@ def rerun(run_id: str, overrides: list[str]) -> int:
     if changes:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(changes))
     config = validate(cfg)
+    # A sweep job ran with its share of the cores; BLAS thread counts can change the last bits.
+    threads = original.data.tags.get("train_threads", "default")
+    if config.train.threads is None and threads.isdigit():
+        config.train.threads = int(threads)
     changed = _config_changes(recorded, config_dict(config))
-    changed = [c for c in changed if not c.startswith(("tracking.", "train.progress"))]
+    changed = [c for c in changed
+               if not c.startswith(("tracking.", "train.progress", "train.threads"))]
     for change in changed:
         print(f"config differs from the original: {change}")
 

@@ -85,7 +85,9 @@ def config_digest(config: Config) -> str:
     tree.pop("tags", None)
     tree["pipeline"].pop("cache", None)
     tree["pipeline"].pop("cache_dir", None)
-    tree["train"].pop("progress", None)
+    # Display and bookkeeping only (a thread count can move the last bits; the run records it).
+    for key in ("progress", "threads", "checkpoint_every"):
+        tree["train"].pop(key, None)
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -390,7 +392,9 @@ def _run_tracked(
     params.update({f"seeds.{k}": v for k, v in seeds.items()})
     tracker.log_params(params)
     env = environment.describe()
-    tracker.set_tags({**env, "config_digest": digest, "output_dir": str(output_dir)})
+    threads = _threads(config)
+    tracker.set_tags({**env, "config_digest": digest, "output_dir": str(output_dir),
+                      "train_threads": str(threads) if threads else "default"})
     if env.get("git_dirty") == "true":
         log.warning("the git tree is dirty: this run may not be reproducible from its commit")
 
@@ -438,7 +442,7 @@ def _run_tracked(
     if progress is not None:
         callbacks.append(progress)
     try:
-        with _timed(timings, "train"), _threadpool(_threads(config)):
+        with _timed(timings, "train"), _threadpool(threads):
             trained = train_model(
                 model, prepared.train, prepared.val,
                 learning_rate=config.optimizer.lr, epochs=config.train.epochs,
