@@ -360,6 +360,12 @@ def run(
         message = f"{_user_error(error)}; lower optimizer.lr or use train.clip=value/norm"
         tracker.end("FAILED", message)
         raise PipelineError(message) from error
+    except OSError as error:  # disk full, unwritable folder: the user's to fix
+        where = f"{error.filename}: " if error.filename else ""
+        message = (f"could not write {where}{error.strerror or error}; free disk space or point "
+                   "hydra.run.dir / pipeline.cache_dir at a writable folder")
+        tracker.end("FAILED", message)
+        raise PipelineError(message) from error
     except BaseException as error:
         tracker.end("FAILED", f"{type(error).__name__}: {_user_error(error)}")
         raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,29 @@ class SweepParent:
         return failed
 
 
+def _require_writable(key: str, folder: Path) -> None:
+    """Exit with one line if ``folder`` cannot be created or written (Hydra would print a
+    traceback from its own mkdir, and exceptions in callbacks only become warnings)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        print(f"{key}: cannot write to {str(folder)!r} ({error.strerror or error}); "
+              f"point {key} at a writable folder", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 class SweepCallback(Callback):
-    """Hydra callback: one MLflow parent run per multirun."""
+    """Hydra callback: one MLflow parent run per multirun (and a writable output dir)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _require_writable("hydra.run.dir", Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _open
+        _require_writable("hydra.sweep.dir", Path(str(config.hydra.sweep.dir)))
         tracking = config.get("tracking", {})
         sweep = config.get("sweep", {})
         sweep_dir = Path(str(config.hydra.sweep.dir))
