@@ -36,18 +36,14 @@ def write_run_artifacts(
     *,
     evaluation: Evaluation,
     history: Mapping[str, Sequence[float]],
-    proba: np.ndarray,
-    test: Dataset,
-    raw_test: Dataset,
-    raw_train: Dataset,
-    model: MLP,
-    normaliser: Normaliser,
     config_tree: Mapping[str, Any],
     overrides: Sequence[str],
     hydra_dir: Path | None,
-    plots: bool,
 ) -> dict[str, Path]:
-    """Write every artifact of one run into ``folder``; return the main paths by name."""
+    """Write the data artifacts of one run into ``folder``; return the main paths by name.
+
+    The plots are drawn separately (:func:`start_plots`), in parallel with the logging.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     files["confusion_json"] = write_text_atomic(
@@ -70,10 +66,50 @@ def write_run_artifacts(
         json.dumps({**environment.describe(), "packages": environment.installed_packages()},
                    indent=2),
     )
-    if plots:
-        files.update(_write_plots(folder, evaluation, history, proba, test, raw_test,
-                                  raw_train, model, normaliser))
     return files
+
+
+class PlotJob:
+    """Plots drawn in a forked child process while the parent logs to MLflow.
+
+    Matplotlib (import and rendering, ~1 s) is then off the critical path of a run;
+    the child only writes PNG files and never touches the tracking store.
+    """
+
+    def __init__(self, target: Any, args: tuple[Any, ...]) -> None:
+        import multiprocessing
+
+        self._process = None
+        if "fork" in multiprocessing.get_all_start_methods():
+            self._process = multiprocessing.get_context("fork").Process(
+                target=target, args=args, daemon=True)
+            self._process.start()
+        else:  # no fork (e.g. Windows): draw inline
+            target(*args)
+
+    def wait(self) -> bool:
+        """Wait for the plots; False if drawing them failed (the run goes on without them)."""
+        if self._process is None:
+            return True
+        self._process.join()
+        return self._process.exitcode == 0
+
+
+def start_plots(
+    folder: Path,
+    *,
+    evaluation: Evaluation,
+    history: Mapping[str, Sequence[float]],
+    proba: np.ndarray,
+    test: Dataset,
+    raw_test: Dataset,
+    raw_train: Dataset,
+    model: MLP,
+    normaliser: Normaliser,
+) -> PlotJob:
+    """Start drawing the run's plots into ``folder`` (see :class:`PlotJob`)."""
+    return PlotJob(_write_plots, (folder, evaluation, history, proba, test, raw_test,
+                                  raw_train, model, normaliser))
 
 
 def _write_plots(

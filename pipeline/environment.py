@@ -6,6 +6,7 @@ code, the environment or the config.
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 import sys
@@ -45,6 +46,7 @@ def blas_info() -> dict[str, str]:
     return {"blas": name, "blas_threads": str(pool.get("num_threads"))}
 
 
+@functools.cache
 def installed_packages() -> dict[str, str]:
     """Every installed distribution and its exact version, sorted by name."""
     found = {}
@@ -55,8 +57,13 @@ def installed_packages() -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
+@functools.cache
 def describe() -> dict[str, str]:
-    """The environment summary logged as tags (packages go to an artifact)."""
+    """The environment summary logged as tags (packages go to an artifact).
+
+    Cached: a process describes its environment once (the git state too, so a tree
+    edited during a run is reported as it was when the run started).
+    """
     return {
         "python_version": sys.version.split()[0],
         "platform": platform.platform(),

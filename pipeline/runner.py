@@ -466,6 +466,7 @@ def _run_tracked(
     finally:
         if progress is not None:
             progress.close()
+    tracker.flush_in_background()  # the epoch metrics, while the rest goes on
     final_ckpt = checkpoints / "final.json"
     trained.model.save(final_ckpt, metadata=metadata)
 
@@ -473,40 +474,38 @@ def _run_tracked(
         proba = trained.model.predict_proba(prepared.test.X)
         evaluation: Evaluation = evaluate(proba, prepared.test.y, prepared.test.classes)
 
+    plot_inputs = dict(
+        evaluation=evaluation, history=trained.history.metrics, proba=proba,
+        test=prepared.test, raw_test=data.splits.test, raw_train=data.splits.train,
+        model=trained.model, normaliser=prepared.normaliser,
+    )
+    plots = artifacts.start_plots(artifact_dir, **plot_inputs) if config.tracking.plots else None
     files = artifacts.write_run_artifacts(
-        artifact_dir,
-        evaluation=evaluation,
-        history=trained.history.metrics,
-        proba=proba,
-        test=prepared.test,
-        raw_test=data.splits.test,
-        raw_train=data.splits.train,
-        model=trained.model,
-        normaliser=prepared.normaliser,
-        config_tree=tree,
-        overrides=overrides,
-        hydra_dir=hydra_dir,
-        plots=config.tracking.plots,
+        artifact_dir, evaluation=evaluation, history=trained.history.metrics,
+        config_tree=tree, overrides=overrides, hydra_dir=hydra_dir,
     )
-    tracker.log_metrics({**evaluation.metrics,
-                         **{f"time_{stage}_s": seconds for stage, seconds in timings.items()}})
-    tracker.set_tags({
-        "checkpoint_sha256": digest_file(final_ckpt),
-        "predictions_sha256": digest_file(files["predictions"]),
-        "epochs_run": str(len(next(iter(trained.history.metrics.values()), []))),
-    })
     shutil.copytree(checkpoints, artifact_dir / "checkpoints", dirs_exist_ok=True)
-    tracker.log_artifacts(artifact_dir)
-    tracker.log_inputs(
-        {"train": data.splits.train.to_frame(), "test": data.splits.test.to_frame()},
-        targets=data.raw.label_name,
-        digests={"train": data.splits.train.digest(), "test": data.splits.test.digest()},
-        source=data.source,
-    )
-    if config.tracking.log_model:
-        from pipeline.serving import log_model
+    with _timed(timings, "tracking"):
+        tracker.set_tags({
+            "checkpoint_sha256": digest_file(final_ckpt),
+            "predictions_sha256": digest_file(files["predictions"]),
+            "epochs_run": str(len(next(iter(trained.history.metrics.values()), []))),
+        })
+        tracker.log_inputs(
+            {"train": data.splits.train.to_frame(), "test": data.splits.test.to_frame()},
+            targets=data.raw.label_name,
+            digests={"train": data.splits.train.digest(), "test": data.splits.test.digest()},
+            source=data.source,
+        )
+        if config.tracking.log_model:
+            from pipeline.serving import log_model
 
-        log_model(tracker, final_ckpt, data.raw.feature_names, data.raw.classes)
+            log_model(tracker, final_ckpt, data.raw.feature_names, data.raw.classes)
+        if plots is not None and not plots.wait():
+            log.warning("drawing the plots failed; the run is logged without them")
+        tracker.log_artifacts(artifact_dir)
+        tracker.log_metrics({**evaluation.metrics,
+                             **{f"time_{stage}_s": sec for stage, sec in timings.items()}})
     return RunResult(
         run_id=tracker.run_id,
         experiment_id=tracker.experiment_id,

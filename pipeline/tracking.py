@@ -10,6 +10,7 @@ the run FINISHED, FAILED (with an ``error`` tag) or KILLED, never RUNNING.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -136,7 +137,8 @@ class RunTracker:
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
-        self._pending: list[Metric] = []
+        self._pending: list[tuple[int, float, Mapping[str, float]]] = []
+        self._flusher: _Flusher | None = None
         self._last_flush = time.monotonic()
         self._ended = False
 
@@ -178,26 +180,46 @@ class RunTracker:
             retrying(lambda c=chunk: self.client.log_batch(self.run_id, tags=c))
 
     def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Buffer one epoch's metrics; written in batches by :meth:`flush`.
+        """Buffer one epoch's metrics (a tuple append: ~1 µs); written by :meth:`flush`.
 
         Flushes by itself every ``FLUSH_INTERVAL_S`` seconds so a long run shows
-        progress in the UI and refreshes its heartbeat.
+        progress in the UI, refreshes its heartbeat and loses little to a SIGKILL.
         """
-        now_ms = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), now_ms, step) for k, v in metrics.items())
+        self._pending.append((step, time.time(), metrics))
         if time.monotonic() - self._last_flush > FLUSH_INTERVAL_S:
             self.flush()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        """Log final (single-value) metrics in one batch."""
-        now_ms = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), now_ms, step) for k, v in metrics.items())
+        """Log final (single-value) metrics, with anything still buffered."""
+        self._pending.append((step, time.time(), dict(metrics)))
         self.flush()
 
     def flush(self) -> None:
         """Write buffered metrics, 1000 per ``log_batch`` call, and refresh the heartbeat."""
+        self.wait_for_flush()
         pending, self._pending = self._pending, []
-        for chunk in _chunks(pending, MAX_METRICS_PER_BATCH):
+        self._write(pending)
+
+    def flush_in_background(self) -> None:
+        """Start writing the buffered metrics in a thread (see :meth:`wait_for_flush`).
+
+        Writing 3000 epochs x 3 metrics to sqlite takes about a second of ORM work;
+        in a thread it overlaps the evaluation, the plots and the model logging.
+        """
+        self.wait_for_flush()
+        pending, self._pending = self._pending, []
+        self._flusher = _Flusher(lambda: self._write(pending))
+
+    def wait_for_flush(self) -> None:
+        """Join a background flush; re-raise its error here."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.join()
+
+    def _write(self, pending: list[tuple[int, float, Mapping[str, float]]]) -> None:
+        metrics = [Metric(key, float(value), int(stamp * 1000), step)
+                   for step, stamp, values in pending for key, value in values.items()]
+        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
             retrying(lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
         beat = [RunTag(HEARTBEAT_TAG, str(int(time.time())))]
         retrying(lambda: self.client.log_batch(self.run_id, tags=beat))
@@ -247,6 +269,27 @@ class RunTracker:
             retrying(lambda: mlflow.end_run(status=status))
         else:
             retrying(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+class _Flusher(threading.Thread):
+    """A thread that runs one write and keeps its exception for :meth:`join`."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        super().__init__(name="mlflow-flush", daemon=True)
+        self._work = work
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._work()
+        except BaseException as error:  # handed to the joining thread
+            self._error = error
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self._error is not None:
+            raise self._error
 
 
 def _clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
