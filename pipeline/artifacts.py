@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,34 +96,34 @@ class PlotJob:
         return self._process.exitcode == 0
 
 
-def start_plots(
-    folder: Path,
-    *,
-    evaluation: Evaluation,
-    history: Mapping[str, Sequence[float]],
-    proba: np.ndarray,
-    test: Dataset,
-    raw_test: Dataset,
-    raw_train: Dataset,
-    model: MLP,
-    normaliser: Normaliser,
-) -> PlotJob:
+@dataclass(frozen=True)
+class PlotInputs:
+    """What the plots of one run are drawn from.
+
+    proba: (n_test, 1) or (n_test, k); test: the normalised test split; raw_train and
+    raw_test: the splits before normalisation (the decision boundary is drawn over raw
+    features).
+    """
+
+    evaluation: Evaluation
+    history: Mapping[str, Sequence[float]]
+    proba: np.ndarray
+    test: Dataset
+    raw_test: Dataset
+    raw_train: Dataset
+    model: MLP
+    normaliser: Normaliser
+
+
+def start_plots(folder: Path, inputs: PlotInputs) -> PlotJob:
     """Start drawing the run's plots into ``folder`` (see :class:`PlotJob`)."""
-    return PlotJob(_write_plots, (folder, evaluation, history, proba, test, raw_test,
-                                  raw_train, model, normaliser))
+    return PlotJob(_write_plots, (folder, inputs))
 
 
-def _write_plots(
-    folder: Path,
-    evaluation: Evaluation,
-    history: Mapping[str, Sequence[float]],
-    proba: np.ndarray,
-    test: Dataset,
-    raw_test: Dataset,
-    raw_train: Dataset,
-    model: MLP,
-    normaliser: Normaliser,
-) -> dict[str, Path]:
+def _write_plots(folder: Path, inputs: PlotInputs) -> dict[str, Path]:
+    evaluation, history, proba = inputs.evaluation, inputs.history, inputs.proba
+    test, raw_test, raw_train = inputs.test, inputs.raw_test, inputs.raw_train
+    model, normaliser = inputs.model, inputs.normaliser
     from pipeline import plots
 
     out = folder / "plots"

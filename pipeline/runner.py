@@ -474,12 +474,12 @@ def _run_tracked(
         proba = trained.model.predict_proba(prepared.test.X)
         evaluation: Evaluation = evaluate(proba, prepared.test.y, prepared.test.classes)
 
-    plot_inputs = dict(
+    plot_inputs = artifacts.PlotInputs(
         evaluation=evaluation, history=trained.history.metrics, proba=proba,
         test=prepared.test, raw_test=data.splits.test, raw_train=data.splits.train,
         model=trained.model, normaliser=prepared.normaliser,
     )
-    plots = artifacts.start_plots(artifact_dir, **plot_inputs) if config.tracking.plots else None
+    plots = artifacts.start_plots(artifact_dir, plot_inputs) if config.tracking.plots else None
     files = artifacts.write_run_artifacts(
         artifact_dir, evaluation=evaluation, history=trained.history.metrics,
         config_tree=tree, overrides=overrides, hydra_dir=hydra_dir,

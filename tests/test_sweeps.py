@@ -100,30 +100,22 @@ def test_failed_job_fails_the_sweep_but_not_the_others(tmp_path, store) -> None:
     assert parent.data.tags["n_failed"] == "1"
 
 
-@pytest.fixture
-def sqlite_server(tmp_path) -> Iterator[str]:
-    yield from servers.start_mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def tracking_server(request, tmp_path_factory) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 with a sqlite or a PostgreSQL backend store."""
+    workdir = tmp_path_factory.mktemp("server")
+    if request.param == "sqlite":
+        yield from servers.start_mlflow_server(f"sqlite:///{workdir / 'server.db'}", workdir)
+    else:
+        for backend in servers.start_postgres(workdir):
+            yield from servers.start_mlflow_server(backend, workdir)
 
 
-def test_sweep_against_a_tracking_server(tmp_path, sqlite_server) -> None:
-    done = multirun(tmp_path, sqlite_server, *GRID, "hydra/launcher=joblib",
+def test_sweep_against_a_tracking_server(tmp_path, tracking_server) -> None:
+    done = multirun(tmp_path, tracking_server, *GRID, "hydra/launcher=joblib",
                     "hydra.launcher.n_jobs=2")
     assert done.returncode == 0, done.stderr[-3000:]
-    check_complete_sweep(sqlite_server, 4)
-
-
-@pytest.fixture
-def postgres_server(tmp_path_factory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("pg")
-    for backend in servers.start_postgres(workdir):
-        yield from servers.start_mlflow_server(backend, workdir)
-
-
-def test_sweep_against_a_server_on_postgres(tmp_path, postgres_server) -> None:
-    done = multirun(tmp_path, postgres_server, *GRID, "hydra/launcher=joblib",
-                    "hydra.launcher.n_jobs=2")
-    assert done.returncode == 0, done.stderr[-3000:]
-    check_complete_sweep(postgres_server, 4)
+    check_complete_sweep(tracking_server, 4)
 
 
 @pytest.fixture
