@@ -129,3 +129,13 @@ def test_sweep_on_an_existing_ray_cluster(tmp_path, store, ray_head) -> None:
                     env=servers.RAY_LOOPBACK_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     check_complete_sweep(store, 4)
+
+
+def test_optuna_search_is_one_parent_with_the_best_trial(tmp_path, store) -> None:
+    done = multirun(tmp_path, store, "hparams_search=mlp_optuna", "hydra.sweeper.n_trials=3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_complete_sweep(store, 3, cache_hits=False)
+    parent, children = sweep_runs(store)
+    swept = {c.data.params["optimizer.lr"] for c in children}
+    assert len(swept) == 3  # three sampled learning rates
+    assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children}
