@@ -114,3 +114,14 @@ def test_resume_equals_uninterrupted(compose_cfg, tmp_path, isolated, batch) -> 
     assert _parameters(resumed.output_dir / "checkpoints" / "final.json") == _parameters(
         whole.output_dir / "checkpoints" / "final.json")
     assert resumed.metrics == whole.metrics
+
+
+@pytest.mark.slow
+def test_rerun_against_a_tracking_server(tmp_path) -> None:
+    from tests import servers
+
+    for url in servers.start_mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path):
+        original = train_cli(tmp_path, url, "orig")
+        done = cli(tmp_path, original, f"tracking.uri={url}", module="pipeline.rerun")
+        assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+        assert "reproduced bit for bit" in done.stdout
