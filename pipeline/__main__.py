@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> float | None:
     from pipeline.schema import validate
 
     config = validate(cfg)  # fails here, before any work, on a bad key, type or value
-    logging.captureWarnings(True)  # warnings (e.g. the core's ConvergenceWarning) as log lines
+    _warnings_as_log_lines()
 
     from pipeline.runner import format_summary, run
 
@@ -43,6 +43,18 @@ def main(cfg: DictConfig) -> float | None:
     )
     print(format_summary(result), flush=True)
     return result.metrics.get(config.sweep.metric)  # what a sweeper (Optuna) optimises
+
+
+def _warnings_as_log_lines() -> None:
+    """Show warnings (e.g. the core's ConvergenceWarning) as one log line each."""
+    import warnings
+
+    log = logging.getLogger("pipeline")
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        log.warning("%s: %s", category.__name__, message)
+
+    warnings.showwarning = show
 
 
 def cli() -> None:

@@ -15,6 +15,7 @@ class ProgressBar:
         self.total, self.width = total, width
         self.stream = stream or sys.stderr
         self._last = 0.0
+        self._closed = False
 
     def __call__(self, epoch: int, metrics: Mapping[str, float], model: Any) -> None:
         now = time.monotonic()
@@ -27,7 +28,17 @@ class ProgressBar:
         bar = "#" * filled + "." * (self.width - filled)
         self.stream.write(f"\repoch {epoch:>6}/{self.total} [{bar}] loss {loss:.4f} acc {acc:.3f}")
         self.stream.flush()
+        if epoch >= self.total:  # end the line before anything else is printed
+            self.close()
 
     def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
+        if not self._closed:
+            self._closed = True
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -448,7 +448,8 @@ def _run_tracked(
     if progress is not None:
         callbacks.append(progress)
     try:
-        with _timed(timings, "train"), _threadpool(threads):
+        # The bar closes (last in, first out) before the stage's time is logged.
+        with _timed(timings, "train"), _threadpool(threads), progress or _nullcontext():
             trained = train_model(
                 model, prepared.train, prepared.val,
                 learning_rate=config.optimizer.lr, epochs=config.train.epochs,
@@ -463,9 +464,6 @@ def _run_tracked(
         if isinstance(error, CheckpointError | DataError):
             raise
         raise PipelineError(f"train: {_user_error(error)}") from error
-    finally:
-        if progress is not None:
-            progress.close()
     tracker.flush_in_background()  # the epoch metrics, while the rest goes on
     final_ckpt = checkpoints / "final.json"
     trained.model.save(final_ckpt, metadata=metadata)
