@@ -28,9 +28,10 @@ class MLPClassifierModel(mlflow.pyfunc.PythonModel):
         self.features: list[str] = list(meta["feature_names"])
         self.classes: list[str] = [str(c) for c in meta["classes"]]
 
-    # No type hints here: MLflow would try to derive a schema from them; the logged
-    # signature already describes the columns.
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    # pd.DataFrame is a hint MLflow accepts without deriving a schema from it: the logged
+    # signature describes the columns.
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
         if isinstance(model_input, pd.DataFrame):
             missing = [f for f in self.features if f not in model_input.columns]
             if missing and model_input.shape[1] == len(self.features):

@@ -48,7 +48,6 @@ def log_model(
     with warnings.catch_warnings():
         # The signature is explicit; MLflow still nags for an input example.
         warnings.filterwarnings("ignore", message=".*input example.*")
-        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
         _log(tracker, checkpoint, features, classes)
 
 
