@@ -48,7 +48,7 @@ bench: $(STAMP) ## speed benchmark of the core against a plain NumPy loop, sciki
 		$(PY) -m pip install --quiet -c requirements.lock "$(TORCH_WHEEL)"; fi
 	$(PY) -m bench $(ARGS)
 
-ui: $(STAMP) ## open the runs: MLflow UI on http://$(HOST):$(PORT) (127.0.0.1 only by default)
+ui: $(STAMP) ## open the runs: the MLflow UI on http://127.0.0.1:5000 (HOST=, PORT= to change)
 	@echo "MLflow UI: http://$(HOST):$(PORT)/#/experiments  (Ctrl-C stops it)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
 		--backend-store-uri $(STORE) --host $(HOST) --port $(PORT) --workers 1

@@ -125,3 +125,15 @@ def test_rerun_against_a_tracking_server(tmp_path) -> None:
         done = cli(tmp_path, original, f"tracking.uri={url}", module="pipeline.rerun")
         assert done.returncode == 0, done.stdout + done.stderr[-2000:]
         assert "reproduced bit for bit" in done.stdout
+
+
+@pytest.mark.slow
+def test_resume_from_a_run_id(compose_cfg, tmp_path, isolated) -> None:
+    """train.resume_from=<run id> takes that run's final checkpoint from MLflow."""
+    first = run(validate(compose_cfg(*QUICK, *isolated)), output_dir=tmp_path / "first")
+    longer = [*QUICK, *isolated, "train.epochs=400"]
+    resumed = run(validate(compose_cfg(*longer, f"train.resume_from={first.run_id}")),
+                  output_dir=tmp_path / "resumed")
+    whole = run(validate(compose_cfg(*longer)), output_dir=tmp_path / "whole")
+    assert _parameters(resumed.output_dir / "checkpoints" / "final.json") == _parameters(
+        whole.output_dir / "checkpoints" / "final.json")
