@@ -49,6 +49,25 @@ CLIPPERS: dict[str, Clipper] = {"value": clip_by_value, "norm": clip_by_global_n
                                 "none": no_clip}
 
 
+def bound_clipper(name: str, limit: float, dtype: npt.DTypeLike) -> Callable[[Array], None]:
+    """The strategy ``name`` with its limit fixed, for the training loop: clip(grads).
+
+    For value clipping the bounds are made once, as 0-d arrays of the gradients' dtype (the
+    values a Python float would be cast to): a Python float operand costs NumPy a conversion
+    on every call, ~0.3 µs, which shows on small networks.
+    """
+    clipper = get_clipper(name)
+    if clipper is not clip_by_value:
+        return lambda grads: clipper(grads, limit)
+    upper, lower = np.array(limit, dtype=dtype), np.array(-limit, dtype=dtype)
+
+    def clip(grads: Array) -> None:
+        np.minimum(grads, upper, out=grads)
+        np.maximum(grads, lower, out=grads)
+
+    return clip
+
+
 def get_clipper(name: str) -> Clipper:
     """The strategy called ``name``; ValueError listing the valid names if none."""
     try:

@@ -109,6 +109,9 @@ class Workspace:
     def __init__(self, layer_sizes: Sequence[int], n: int, dtype: npt.DTypeLike,
                  inputs: Array | None = None, targets: Array | None = None) -> None:
         self.n = n
+        # 1/n as a 0-d array of the model's dtype (same value as the Python float would be cast
+        # to): a Python float operand costs NumPy a conversion on every call.
+        self.inv_n = np.array(1.0 / n, dtype=dtype)
         hidden, k = layer_sizes[1:-1], layer_sizes[-1]
         if inputs is None:
             self.rows = np.ones((n, layer_sizes[0] + 1), dtype=dtype)
@@ -140,14 +143,16 @@ class Workspace:
 
 def forward(net: Network, ws: Workspace) -> Array:
     """Fill ws.z and ws.a for the samples in ws.inputs; return the logits Z_L: (k, n)."""
+    # np.dot rather than np.matmul: the same BLAS product for 2-D operands, but matmul's gufunc
+    # dispatch costs ~0.5 µs more per call, which shows on small networks. (np.dot's ``out``
+    # must be C-contiguous: every Workspace and gradient buffer is.)
     a = ws.inputs
-    n_hidden = len(ws.a)
-    for layer, block_t in enumerate(net.blocks_t):
-        z = np.matmul(block_t, a, out=ws.z[layer])  # Z_l = W^T A + b, bias via the ones row
-        if layer < n_hidden:
-            net.activations[layer].forward_into(z, ws.a_units[layer])
-            a = ws.a[layer]
-    return z
+    for block_t, z, activation, a_units, a_next in zip(net.blocks_t, ws.z, net.activations,
+                                                        ws.a_units, ws.a, strict=False):
+        np.dot(block_t, a, out=z)  # Z_l = W^T A + b, bias via the ones row
+        activation.forward_into(z, a_units)
+        a = a_next
+    return np.dot(net.blocks_t[-1], a, out=ws.z[-1])  # the logits: no activation here
 
 
 def backward(net: Network, grad_blocks: Sequence[Array], ws: Workspace) -> None:
@@ -157,21 +162,21 @@ def backward(net: Network, grad_blocks: Sequence[Array], ws: Workspace) -> None:
     """
     for layer in range(len(grad_blocks) - 1, 0, -1):
         delta = ws.delta[layer]
-        np.matmul(ws.a[layer - 1], ws.delta_t[layer], out=grad_blocks[layer])  # [A; 1] dZ^T
-        w = net.weights[layer]  # (units below, units here)
+        np.dot(ws.a[layer - 1], ws.delta_t[layer], out=grad_blocks[layer])  # [A; 1] dZ^T
         if layer == 1 and ws.rank_one:
             _first_layer_rank_one(net, delta, ws, grad_blocks[0])
             return
+        w = net.weights[layer]  # (units below, units here)
         below = ws.delta[layer - 1]
         if w.shape[1] == 1:
             # dA = W dZ is an outer product here; a broadcast multiply is ~2x faster than a
             # matmul with an inner dimension of 1.
             np.multiply(w, delta, out=below)
         else:
-            np.matmul(w, delta, out=below)
+            np.dot(w, delta, out=below)
         net.activations[layer - 1].scale_delta(ws.z[layer - 1], ws.a_units[layer - 1], below,
                                                ws.mask[layer - 1])
-    np.matmul(ws.inputs, ws.delta_t[0], out=grad_blocks[0])
+    np.dot(ws.inputs, ws.delta_t[0], out=grad_blocks[0])
 
 
 def _first_layer_rank_one(net: Network, delta: Array, ws: Workspace, grad: Array) -> None:
@@ -186,7 +191,8 @@ def _first_layer_rank_one(net: Network, delta: Array, ws: Workspace, grad: Array
     Same maths (different rounding): it replaces the passes that form and mask dZ_0, (h, n)
     each, by one over X, which is cheaper when fan_in + 1 <= h (RustNet's [2, 12, 1]).
     """
-    net.activations[0].derivative_into(ws.z[0], ws.a_units[0], ws.deriv0)
-    np.multiply(ws.inputs, delta, out=ws.scaled_inputs)
-    np.matmul(ws.scaled_inputs, ws.deriv0_t, out=grad)
+    scaled_inputs, deriv = ws.scaled_inputs, ws.deriv0
+    net.activations[0].derivative_into(ws.z[0], ws.a_units[0], deriv)
+    np.multiply(ws.inputs, delta, out=scaled_inputs)
+    np.dot(scaled_inputs, ws.deriv0_t, out=grad)
     np.multiply(grad, net.weights_t[1], out=grad)  # column j times w[j]
