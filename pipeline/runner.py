@@ -13,13 +13,14 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,8 +295,6 @@ class _Checkpointer:
 
 def _threads(config: Config) -> int | None:
     """train.threads, else a sweep job's share of the cores (set by the sweep callback)."""
-    import os
-
     shared = os.environ.get("PIPELINE_DEFAULT_THREADS")
     return config.train.threads or (int(shared) if shared else None)
 
@@ -303,17 +302,10 @@ def _threads(config: Config) -> int | None:
 def _threadpool(threads: int | None) -> Any:
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=threads, user_api="blas") if threads else _nullcontext()
-
-
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield
+    return threadpool_limits(limits=threads, user_api="blas") if threads else nullcontext()
 
 
 def _show_progress(setting: str) -> bool:
-    import os
-
     if setting in ("true", "false"):
         return setting == "true"
     in_job = os.environ.get("PIPELINE_SWEEP_PARENT_RUN_ID") is not None
@@ -449,7 +441,7 @@ def _run_tracked(
         callbacks.append(progress)
     try:
         # The bar closes (last in, first out) before the stage's time is logged.
-        with _timed(timings, "train"), _threadpool(threads), progress or _nullcontext():
+        with _timed(timings, "train"), _threadpool(threads), progress or nullcontext():
             trained = train_model(
                 model, prepared.train, prepared.val,
                 learning_rate=config.optimizer.lr, epochs=config.train.epochs,
