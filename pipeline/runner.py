@@ -130,12 +130,12 @@ def _user_error(error: BaseException) -> str:
 
 
 # -- data stages (cached) -----------------------------------------------------------------
-def _save_one(name: str) -> Callable[[Dataset, Path], None]:
-    return lambda data, folder: (write_dataset(data, folder / f"{name}.parquet"), None)[1]
+def _save_dataset(data: Dataset, folder: Path) -> None:
+    write_dataset(data, folder / "dataset.parquet")
 
 
-def _load_one(name: str) -> Callable[[Path], Dataset]:
-    return lambda folder: read_dataset(folder / f"{name}.parquet")
+def _load_dataset(folder: Path) -> Dataset:
+    return read_dataset(folder / "dataset.parquet")
 
 
 def _save_splits(splits: Splits, folder: Path) -> None:
@@ -231,10 +231,9 @@ def run_data_stages(
 
     with _timed(timings, stage):
         raw, hits[stage] = cache.fetch(
-            stage, cache_key(stage, data_cfg, inputs), compute, _save_one("dataset"),
-            _load_one("dataset"),
+            stage, cache_key(stage, data_cfg, inputs), compute, _save_dataset, _load_dataset,
         )
-        _save_one("dataset")(raw, stage_dir / f"01_{stage}")
+        _save_dataset(raw, stage_dir / f"01_{stage}")
 
     split_cfg = {**dataclasses.asdict(config.split), "seed": seeds["split"]}
     with _timed(timings, "split"):
