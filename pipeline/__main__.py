@@ -7,6 +7,7 @@ end the MLflow run KILLED and exit 130 / 143.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -74,6 +75,10 @@ def cli() -> None:
         # Hydra skips on_multirun_end when a job failed: close the sweep's parent run here.
         if finish_open_sweep(aborted=code != 0) > 0 and code == 0:
             code = 1
+    # Nothing is left to collect that matters: everything is flushed, closed and logged.
+    # Without this the interpreter's last garbage collection walks every object MLflow,
+    # SQLAlchemy and Hydra made (~0.5 s, a seventh of a default run).
+    gc.freeze()
     sys.exit(code)
 
 

@@ -7,7 +7,9 @@ code, the environment or the config.
 from __future__ import annotations
 
 import functools
+import os
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -46,14 +48,36 @@ def blas_info() -> dict[str, str]:
     return {"blas": name, "blas_threads": str(pool.get("num_threads"))}
 
 
+def canonical_name(name: str) -> str:
+    """A distribution's name as PEP 503 compares them: ``PyYAML``, ``ruamel.yaml`` -> ``pyyaml``, ``ruamel-yaml``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 @functools.cache
 def installed_packages() -> dict[str, str]:
-    """Every installed distribution and its exact version, sorted by name."""
-    found = {}
-    for dist in metadata.distributions():
-        name = dist.metadata["Name"]
-        if name:
-            found[name.lower()] = dist.version
+    """Every installed distribution and its exact version, by canonical name, sorted.
+
+    Read from the ``<name>-<version>.dist-info`` folder names (the wheel spec fixes
+    that layout), which takes milliseconds; parsing every METADATA file took ~0.5 s,
+    a tenth of a default run. Other layouts (``.egg-info``) fall back to the metadata.
+    """
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            children = sorted(os.scandir(entry or "."), key=lambda child: child.name)
+        except OSError:  # zip files, missing folders
+            continue
+        for child in children:
+            if child.name.endswith(".dist-info"):
+                name, _, version = child.name.removesuffix(".dist-info").partition("-")
+            elif child.name.endswith(".egg-info"):
+                dist = metadata.Distribution.at(child.path)
+                name, version = dist.metadata["Name"] or "", dist.version
+            else:
+                continue
+            # The first on sys.path wins, as it does for imports.
+            if name and version and canonical_name(name) not in found:
+                found[canonical_name(name)] = version
     return dict(sorted(found.items()))
 
 

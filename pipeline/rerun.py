@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from pipeline.environment import canonical_name
 from pipeline.errors import PipelineError
 
 COMPARED_TAGS = ("data_digest", "data.train_digest", "data.test_digest", "checkpoint_sha256",
@@ -105,7 +106,8 @@ def environment_differences(client: Any, original: Any, current: Any) -> list[st
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 path = client.download_artifacts(run.info.run_id, "environment.json", tmp)
-                packages.append(json.loads(Path(path).read_text()).get("packages", {}))
+                recorded = json.loads(Path(path).read_text()).get("packages", {})
+                packages.append({canonical_name(k): v for k, v in recorded.items()})
             except Exception:
                 packages.append(None)
     if packages[0] is not None and packages[1] is not None:

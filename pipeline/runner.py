@@ -455,7 +455,6 @@ def _run_tracked(
         if isinstance(error, CheckpointError | DataError):
             raise
         raise PipelineError(f"train: {_user_error(error)}") from error
-    tracker.flush_in_background()  # the epoch metrics, while the rest goes on
     final_ckpt = checkpoints / "final.json"
     trained.model.save(final_ckpt, metadata=metadata)
 
@@ -486,15 +485,18 @@ def _run_tracked(
             digests={"train": data.splits.train.digest(), "test": data.splits.test.digest()},
             source=data.source,
         )
-        if config.tracking.log_model:
+        model_id = None
+        if config.tracking.log_model:  # before the epoch metrics (see serving.log_model)
             from pipeline.serving import log_model
 
-            log_model(tracker, final_ckpt, data.raw.feature_names, data.raw.classes)
+            model_id = log_model(tracker, final_ckpt, data.raw.feature_names, data.raw.classes)
+        tracker.flush_in_background()  # the epoch metrics, while the plots finish
         if plots is not None and not plots.wait():
             log.warning("drawing the plots failed; the run is logged without them")
         tracker.log_artifacts(artifact_dir)
-        tracker.log_metrics({**evaluation.metrics,
-                             **{f"time_{stage}_s": sec for stage, sec in timings.items()}})
+        tracker.log_metrics(evaluation.metrics, model_id=model_id,
+                            dataset=("test", data.splits.test.digest()[:36]))
+        tracker.log_metrics({f"time_{stage}_s": sec for stage, sec in timings.items()})
     return RunResult(
         run_id=tracker.run_id,
         experiment_id=tracker.experiment_id,

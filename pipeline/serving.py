@@ -42,18 +42,22 @@ def signature(features: Sequence[str], classes: Sequence[str]) -> ModelSignature
 
 def log_model(
     tracker: RunTracker, checkpoint: Path, features: Sequence[str], classes: Sequence[str]
-) -> None:
-    """Log ``model/`` into the tracker's run: code, checkpoint, the core's source, pins."""
+) -> str:
+    """Log ``model/`` into the tracker's run: code, checkpoint, the core's source, pins.
+
+    Returns the logged model's id. MLflow copies the run's metrics into the model by
+    reading each one's whole history, so log the model before the per-epoch metrics.
+    """
     os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
     with warnings.catch_warnings():
         # The signature is explicit; MLflow still nags for an input example.
         warnings.filterwarnings("ignore", message=".*input example.*")
-        _log(tracker, checkpoint, features, classes)
+        return _log(tracker, checkpoint, features, classes)
 
 
 def _log(tracker: RunTracker, checkpoint: Path, features: Sequence[str],
-         classes: Sequence[str]) -> None:
-    tracker.log_pyfunc_model(
+         classes: Sequence[str]) -> str:
+    return tracker.log_pyfunc_model(
         name="model",
         python_model=str(MODEL_CODE),
         artifacts={"checkpoint": str(checkpoint)},

@@ -189,10 +189,21 @@ class RunTracker:
         if time.monotonic() - self._last_flush > FLUSH_INTERVAL_S:
             self.flush()
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        """Log final (single-value) metrics, with anything still buffered."""
-        self._pending.append((step, time.time(), dict(metrics)))
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0, *,
+                    model_id: str | None = None, dataset: tuple[str, str] | None = None) -> None:
+        """Log final (single-value) metrics, with anything still buffered.
+
+        With ``model_id`` they are also the logged model's metrics (its page in the
+        UI shows them), measured on ``dataset`` = (name, digest) when given.
+        """
         self.flush()
+        name, digest = dataset or (None, None)
+        stamp = int(time.time() * 1000)
+        final = [Metric(key, float(value), stamp, step, model_id=model_id,
+                        dataset_name=name, dataset_digest=digest)
+                 for key, value in metrics.items()]
+        for chunk in _chunks(final, MAX_METRICS_PER_BATCH):
+            retrying(lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
 
     def flush(self) -> None:
         """Write buffered metrics, 1000 per ``log_batch`` call, and refresh the heartbeat."""
@@ -248,9 +259,9 @@ class RunTracker:
             inputs.append(DatasetInput(dataset=dataset, tags=[tag]))
         retrying(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
-    def log_pyfunc_model(self, **kwargs: Any) -> None:
-        """Log a pyfunc model into this (active) run."""
-        mlflow.pyfunc.log_model(**kwargs)
+    def log_pyfunc_model(self, **kwargs: Any) -> str:
+        """Log a pyfunc model into this (active) run; return its MLflow model id."""
+        return str(mlflow.pyfunc.log_model(**kwargs).model_id)
 
     # -- lifecycle -------------------------------------------------------------
     def end(self, status: str, error: str | None = None) -> None:
