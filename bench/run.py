@@ -19,6 +19,7 @@ from bench.machine import (
 )
 from bench.matmuls import matmul_seconds_per_epoch
 from bench.memory import measure_many
+from bench.pipeline_runs import SweepCase, run_pipeline_benchmarks
 from bench.scaling import (
     ScalingPlan,
     ScalingResults,
@@ -58,6 +59,8 @@ class Plan:
     out_dir: Path = RESULTS_DIR
     mode: str = "full"
     matmul_target: float = 0.1  # seconds each bare-matmul repeat lasts
+    startup_repeats: int = 0  # 0: skip the end-to-end start-up measurement
+    sweeps: tuple[SweepCase, ...] = ()
 
 
 def log(message: str) -> None:
@@ -99,18 +102,23 @@ def measure_memory(plan: Plan, results: Sequence[report.WorkloadResult], keys: S
 
 
 def compose(plan: Plan, machine: Sequence[str], results: Sequence[report.WorkloadResult],
-            notes: Sequence[str], correctness: str | None, elapsed: float) -> str:
-    """bench.md: machine lines, notes, the workloads table, the results table, targets."""
+            notes: Sequence[str], correctness: str | None, elapsed: float,
+            end_to_end: str | None = None) -> str:
+    """bench.md: machine lines, notes, the workloads and results tables, targets, and the
+    end-to-end section when it was run."""
     lines = ["# MLP core speed benchmark", "", *machine,
              f"- Mode: {plan.mode}; whole run {elapsed:.0f} s", *(f"- {n}" for n in notes)]
     if correctness:
         lines.append(correctness)
-    lines += ["", "## Workloads", "", report.workloads_table(results), "", "## Results", "",
-              report.results_table(results), "", *report.matmul_share_line(results),
-              *report.dtype_speedups(results), *CAVEATS]
+    if results:
+        lines += ["", "## Workloads", "", report.workloads_table(results), "", "## Results",
+                  "", report.results_table(results), "", *report.matmul_share_line(results),
+                  *report.dtype_speedups(results), *CAVEATS]
     targets = report.target_lines(results)
     if targets:
         lines += ["", "## Targets for the core", "", *targets]
+    if end_to_end:
+        lines += ["", end_to_end.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -145,8 +153,12 @@ def run_benchmark(plan: Plan, say: Callable[[str], None] = log) -> tuple[str, st
     if plan.memory:
         say("peak memory: one fresh process per workload and contender")
         measure_memory(plan, results, keys, scaling)
+    end_to_end = None
+    if plan.startup_repeats or plan.sweeps:  # fresh processes: the user's own thread counts
+        end_to_end = run_pipeline_benchmarks(plan.sweeps, plan.startup_repeats, say)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
-    text = compose(plan, machine, results, notes, correctness, time.perf_counter() - start)
+    text = compose(plan, machine, results, notes, correctness, time.perf_counter() - start,
+                   end_to_end)
     (plan.out_dir / "bench.md").write_text(text, encoding="utf-8")
     scaling_text = None
     if scaling is not None:

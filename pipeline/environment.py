@@ -49,7 +49,7 @@ def blas_info() -> dict[str, str]:
 
 
 def canonical_name(name: str) -> str:
-    """A distribution's name as PEP 503 compares them: ``PyYAML``, ``ruamel.yaml`` -> ``pyyaml``, ``ruamel-yaml``."""
+    """A distribution's name as PEP 503 compares them (``ruamel.yaml`` -> ``ruamel-yaml``)."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 

@@ -60,7 +60,7 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: PathLike)
             ax.plot(np.arange(1, values.size + 1), values, label=key)
         ax.set(title=title, xlabel="epoch")
         if keys:
-            ax.legend()
+            ax.legend(loc="lower right" if title == "accuracy" else "upper right")
         else:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
