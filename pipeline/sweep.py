@@ -131,6 +131,22 @@ def _threads_per_job(config: DictConfig) -> int:
     return max(1, cores // n_jobs)
 
 
+def joblib_settings(config: DictConfig) -> dict[str, Any] | None:
+    """The arguments the joblib launcher will give ``joblib.Parallel`` (None for others)."""
+    launcher = config.hydra.get("launcher")
+    if not isinstance(launcher, DictConfig) or "JoblibLauncher" not in str(
+            launcher.get("_target_", "")):
+        return None
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+
+    settings = OmegaConf.to_container(launcher, resolve=True)
+    assert isinstance(settings, dict)
+    settings = {str(k): v for k, v in settings.items() if k != "_target_"}
+    settings["backend"] = "loky"  # as the launcher does
+    process_joblib_cfg(settings)
+    return settings
+
+
 def _start_joblib_workers(config: DictConfig) -> threading.Thread | None:
     """With the joblib launcher, start its worker processes now and have each import
     what a job needs; return the thread doing it (None for other launchers).
@@ -138,18 +154,11 @@ def _start_joblib_workers(config: DictConfig) -> threading.Thread | None:
     The launcher's own ``Parallel`` call later finds joblib's reusable executor with
     the same settings and reuses these warm workers instead of starting cold ones.
     """
-    launcher = config.hydra.get("launcher")
-    if not isinstance(launcher, DictConfig) or "JoblibLauncher" not in str(
-            launcher.get("_target_", "")):
+    settings = joblib_settings(config)
+    if settings is None:
         return None
-    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
     from joblib import Parallel, delayed, effective_n_jobs
 
-    settings = OmegaConf.to_container(launcher, resolve=True)
-    assert isinstance(settings, dict)
-    settings.pop("_target_", None)
-    settings["backend"] = "loky"  # as the launcher does
-    process_joblib_cfg(settings)
     workers = effective_n_jobs(settings.get("n_jobs", -1))
 
     def warm() -> None:

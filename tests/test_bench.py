@@ -10,6 +10,14 @@ import pytest
 from bench import yardstick
 from bench.matmuls import matmul_seconds_per_epoch, step_matmuls
 from bench.memory import measure_many
+from bench.pipeline_runs import (
+    StartupResult,
+    SweepCase,
+    SweepResult,
+    measure_startup,
+    measure_sweep,
+    pipeline_markdown,
+)
 from bench.run import Plan, run_benchmark
 from bench.scaling import ScalingPlan
 from bench.workloads import Workload, activation_bytes, data_bytes, make_data, rf_task
@@ -80,3 +88,41 @@ def test_tiny_plan_writes_tables_and_figure(tmp_path: Path) -> None:
 def test_memory_child_reports_a_peak() -> None:
     [result] = measure_many([(TINY_W1, "yardstick")], threads=1)
     assert result.error is None and result.peak_mib > 0
+
+
+def test_end_to_end_section_reports_each_target() -> None:
+    startup = StartupResult(import_mlflow=1.0, default_run=3.2, config_error=0.4,
+                            train_untracked=0.100, train_tracked=0.104, repeats=5)
+    fast = SweepResult(SweepCase("training-bound jobs (tiny)", ()), serial_s=90.0,
+                       parallel_s=50.0, n_children=8, train_s=9.8)
+    slow = SweepResult(SweepCase("training-bound jobs (slow)", ()), serial_s=60.0,
+                       parallel_s=50.0, n_children=8, train_s=5.0)
+    text = pipeline_markdown(startup, [fast, slow])
+    assert "| the default run (`python -m pipeline`) | 3.20 | 3.20× |" in text
+    assert "- default run vs `import mlflow` ≤ 3×: 3.20×, **MISSED**" in text
+    assert "- config error vs `import mlflow` ≤ 1×: 0.40×, met" in text
+    assert "- tracking's cost to the train stage ≤ 10 %: 4.0 %, met" in text
+    assert "| training-bound jobs (tiny) | 8 | 9.8 s | 90.0 s | 50.0 s | 1.80× |" in text
+    assert "(tiny): joblib 2 workers vs serial ≥ 1.7×: 1.80×, met" in text
+    assert "(slow): joblib 2 workers vs serial ≥ 1.7×: 1.20×, **MISSED**" in text
+    assert "## End to end" in pipeline_markdown(None, []) and "Targets" not in \
+        pipeline_markdown(None, [])
+
+
+@pytest.mark.slow  # two real 2-job sweeps: ~30 s
+def test_sweep_benchmark_runs_both_launchers(tmp_path: Path) -> None:
+    case = SweepCase("tiny", ("optimizer.lr=0.01,0.1", "train.epochs=5", "tracking.plots=false",
+                              "tracking.log_model=false", "train.checkpoint_every=0"))
+    result = measure_sweep(case, folder=tmp_path)
+    assert result.n_children == 2
+    assert result.serial_s > 0 and result.parallel_s > 0 and 0 < result.train_s < 5
+    assert (tmp_path / "serial" / "multirun.yaml").exists()
+    assert (tmp_path / "parallel" / "multirun.yaml").exists()
+
+
+@pytest.mark.slow  # fresh pipeline processes: ~20 s
+def test_startup_benchmark_times_the_real_commands(tmp_path: Path) -> None:
+    result = measure_startup(repeats=1, folder=tmp_path)
+    assert 0 < result.config_error < result.default_run
+    assert result.import_mlflow > 0 and result.train_untracked > 0
+    assert (tmp_path / "mlflow.db").exists()

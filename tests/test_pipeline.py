@@ -91,6 +91,11 @@ def test_default_pipeline_records_everything(compose_cfg, tmp_path, isolated, st
         experiment_ids=[result.experiment_id], filter_string=f"source_run_id = '{result.run_id}'",
         output_format="list")
     assert [m.name for m in logged] == ["model"]
+    # The test metrics are also the logged model's, measured on the "test" input.
+    model_metrics = {m.key: m for m in logged[0].metrics or []}
+    assert model_metrics["test_accuracy"].value == run_.data.metrics["test_accuracy"]
+    assert model_metrics["test_accuracy"].dataset_name == "test"
+    assert "train_loss" not in model_metrics  # per-epoch histories stay the run's
     model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
     served = model.predict(raw)
     np.testing.assert_array_equal(served["probability"].to_numpy(), expected)

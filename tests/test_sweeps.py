@@ -139,3 +139,37 @@ def test_optuna_search_is_one_parent_with_the_best_trial(tmp_path, store) -> Non
     swept = {c.data.params["optimizer.lr"] for c in children}
     assert len(swept) == 3  # three sampled learning rates
     assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children}
+
+
+def _store_module_loaded() -> bool:
+    return "mlflow.store.tracking.sqlalchemy_store" in sys.modules
+
+
+def test_joblib_workers_are_warm_before_the_first_job() -> None:
+    """The sweep starts joblib's workers while it creates the parent run; the launcher's own
+    Parallel call must then reuse those warm processes (same settings), not start cold ones."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from joblib import Parallel, delayed
+    from joblib.externals.loky import get_reusable_executor
+
+    from pipeline.paths import CONF_DIR
+    from pipeline.sweep import _start_joblib_workers, joblib_settings
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        config = compose(config_name="config", return_hydra_config=True,
+                         overrides=["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+        basic = compose(config_name="config", return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert joblib_settings(basic) is None and _start_joblib_workers(basic) is None
+    settings = joblib_settings(config)
+    assert settings is not None and settings["backend"] == "loky" and settings["n_jobs"] == 2
+    try:
+        thread = _start_joblib_workers(config)
+        assert thread is not None
+        thread.join(timeout=120)
+        loaded = Parallel(**settings)(delayed(_store_module_loaded)() for _ in range(6))
+        assert loaded == [True] * 6
+    finally:
+        get_reusable_executor().shutdown(wait=True)
