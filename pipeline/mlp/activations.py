@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from .validation import lookup
+
 Array = npt.NDArray[np.floating]
 Forward = Callable[[Array], Array]
 Derivative = Callable[[Array, Array], Array]
@@ -206,7 +208,4 @@ def register_activation(name: str, forward: Forward, derivative: Derivative, *,
 
 def get_activation(name: str) -> Activation:
     """The registered activation called ``name``; ValueError listing the valid names if none."""
-    try:
-        return ACTIVATIONS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown activation {name!r}; valid: {sorted(ACTIVATIONS)}") from None
+    return lookup(ACTIVATIONS, "activation", name)

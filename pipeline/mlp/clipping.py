@@ -12,6 +12,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from .validation import lookup
+
 Array = npt.NDArray[np.floating]
 Clipper = Callable[[Array, float], None]
 
@@ -70,7 +72,4 @@ def bound_clipper(name: str, limit: float, dtype: npt.DTypeLike) -> Callable[[Ar
 
 def get_clipper(name: str) -> Clipper:
     """The strategy called ``name``; ValueError listing the valid names if none."""
-    try:
-        return CLIPPERS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown clip {name!r}; valid: {sorted(CLIPPERS)}") from None
+    return lookup(CLIPPERS, "clip", name)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from .validation import lookup
+
 Initializer = Callable[[np.random.Generator, int, int], npt.NDArray[np.float64]]
 
 
@@ -37,10 +39,7 @@ INITIALIZERS: dict[str, Initializer] = {"uniform": uniform, "he": he, "xavier": 
 
 def get_initializer(name: str) -> Initializer:
     """The scheme called ``name``; ValueError listing the valid names if none."""
-    try:
-        return INITIALIZERS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown init {name!r}; valid: {sorted(INITIALIZERS)}") from None
+    return lookup(INITIALIZERS, "init", name)
 
 
 def initial_weights(name: str, layer_sizes: Sequence[int],

@@ -23,6 +23,8 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from .validation import lookup
+
 Array = npt.NDArray[np.floating]
 Option = float | bool
 
@@ -239,8 +241,4 @@ def register_optimizer(cls: type[Optimizer], *, overwrite: bool = False) -> type
 def make_optimizer(name: str, learning_rate: float,
                    options: Mapping[str, Option] | None = None) -> Optimizer:
     """A new optimiser called ``name``; ValueError listing the valid names if none."""
-    try:
-        cls = OPTIMIZERS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown optimizer {name!r}; valid: {sorted(OPTIMIZERS)}") from None
-    return cls(learning_rate, options)
+    return lookup(OPTIMIZERS, "optimizer", name)(learning_rate, options)

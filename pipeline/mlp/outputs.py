@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .activations import sigmoid
+from .validation import lookup
 
 Array = npt.NDArray[np.floating]
 Labels = npt.NDArray[np.int64]
@@ -186,7 +187,4 @@ OUTPUTS: dict[str, OutputLayer] = {
 
 def get_output(name: str) -> OutputLayer:
     """The output layer called ``name``; ValueError listing the valid names if none."""
-    try:
-        return OUTPUTS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown output {name!r}; valid: {sorted(OUTPUTS)}") from None
+    return lookup(OUTPUTS, "output", name)

@@ -8,10 +8,21 @@ may share memory with it, so callers copy before writing.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+T = TypeVar("T")
+
+
+def lookup(registry: Mapping[str, T], kind: str, name: str) -> T:
+    """``registry[name]``; ValueError "unknown <kind> 'x'; valid: [...]" if it is not there."""
+    try:
+        return registry[name]
+    except (KeyError, TypeError):  # TypeError: an unhashable name
+        raise ValueError(f"unknown {kind} {name!r}; valid: {sorted(registry)}") from None
 
 
 def _as_array(data: Any, name: str) -> np.ndarray:
