@@ -228,6 +228,8 @@ class RunTracker:
             flusher.join()
 
     def _write(self, pending: list[tuple[int, float, Mapping[str, float]]]) -> None:
+        if not pending:  # nothing new: no store round trip, not even the heartbeat
+            return
         metrics = [Metric(key, float(value), int(stamp * 1000), step)
                    for step, stamp, values in pending for key, value in values.items()]
         for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
