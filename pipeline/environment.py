@@ -58,8 +58,8 @@ def installed_packages() -> dict[str, str]:
     """Every installed distribution and its exact version, by canonical name, sorted.
 
     Read from the ``<name>-<version>.dist-info`` folder names (the wheel spec fixes
-    that layout), which takes milliseconds; parsing every METADATA file took ~0.5 s,
-    a tenth of a default run. Other layouts (``.egg-info``) fall back to the metadata.
+    that layout) instead of parsing every METADATA file: ~30 ms instead of ~55 ms for
+    the ~135 packages here. Other layouts (``.egg-info``) fall back to the metadata.
     """
     found: dict[str, str] = {}
     for entry in sys.path:

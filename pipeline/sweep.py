@@ -112,7 +112,7 @@ class SweepCallback(Callback):
                 OmegaConf.update(config, f"hydra.job.env_set.{key}", value, force_add=True)
         print(f"Sweep parent MLflow run: {_open.run_id}", flush=True)
         if workers is not None:
-            workers.join()
+            workers.join(timeout=120)  # a head start only: never hold the sweep for long
         # The summary's imports (matplotlib: ~0.5 s) happen while the jobs run.
         threading.Thread(target=_import_summary, name="import-summary", daemon=True).start()
 
