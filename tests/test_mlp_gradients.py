@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.mlp import ACTIVATIONS, MLP, register_activation
+from pipeline.mlp.network import Workspace
 
 BUILT_IN = ["relu", "leaky_relu", "tanh", "sigmoid", "identity"]
 EPS = 1e-6
@@ -121,6 +122,40 @@ def test_activation_derivatives_and_in_place_versions(name):
     delta = np.ones_like(z) * 2.0
     act.scale_delta(z, a, delta, np.empty(z.shape, dtype=bool))
     np.testing.assert_allclose(delta, 2.0 * act.derivative(z, a), rtol=1e-15)
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_built_in_activations_work_with_a_overwriting_z(name):
+    # The training workspace lets A_l overwrite Z_l for these: one buffer serves as both.
+    act = ACTIVATIONS[name]
+    assert act.in_place
+    z = np.random.default_rng(1).normal(size=(4, 9)) * 3
+    a = act.forward(z)
+    buffer = z.copy()
+    act.forward_into(buffer, buffer)
+    np.testing.assert_array_equal(buffer, a)
+    out = np.empty_like(z)
+    act.derivative_into(buffer, buffer, out)
+    np.testing.assert_array_equal(out, act.derivative(z, a))
+    delta = np.full_like(z, 2.0)
+    act.scale_delta(buffer, buffer, delta, np.empty(z.shape, dtype=bool))
+    np.testing.assert_array_equal(delta, 2.0 * act.derivative(z, a))
+
+
+def test_workspace_shares_z_and_a_only_for_in_place_activations():
+    def softplus(z):
+        return np.logaddexp(0.0, z)
+
+    register_activation("softplus_ws", softplus, lambda z, a: 1.0 / (1.0 + np.exp(-z)))
+    try:
+        for name, shared in [("relu", True), ("tanh", True), ("softplus_ws", False)]:
+            net = MLP([3, 6, 4, 1], hidden_activation=name, seed=0)._net
+            ws = Workspace(net, 5)
+            for z, a_units in zip(ws.z[:-1], ws.a_units, strict=True):
+                assert np.shares_memory(z, a_units) is shared, name
+            assert not np.shares_memory(ws.z[-1], ws.a[-1])  # the logits have their own
+    finally:
+        ACTIVATIONS.pop("softplus_ws")
 
 
 def test_registered_activation_is_usable_and_gradient_checked():

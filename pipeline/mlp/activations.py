@@ -8,8 +8,10 @@ An activation is a pair of functions on arrays of pre-activations ``z`` (any sha
 
 The training loop calls them through in-place methods (``forward_into``, ``scale_delta``,
 ``derivative_into``) that write into preallocated buffers. The built-ins implement those
-directly; an activation added with :func:`register_activation` gets them derived from its pure
-functions (correct, a little slower).
+directly, reading f'(z) from ``a`` alone, so the training loop can let A_l overwrite Z_l (one
+buffer per hidden layer instead of two, and one pass less over memory); an activation added
+with :func:`register_activation` gets them derived from its pure functions (correct, a little
+slower, and it keeps its own Z buffer because its derivative may need z).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class Activation:
     scale_delta(z, a, delta, mask):  delta *= f'(z), turning dLoss/dA into dLoss/dZ in place;
                                      ``mask`` is a boolean scratch array shaped like z
     derivative_into(z, a, out):      out[...] = f'(z)
-    All arrays are (units, n_samples); ``out`` may be a view.
+    All arrays are (units, n_samples); ``out`` may be a view. ``in_place``: the three stay
+    correct when z and a are one buffer, i.e. after forward_into(z, z) has replaced z by a.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Activation:
     forward_into: ForwardInto = field(repr=False, compare=False)
     scale_delta: ScaleDelta = field(repr=False, compare=False)
     derivative_into: DerivativeInto = field(repr=False, compare=False)
+    in_place: bool = False
 
     @classmethod
     def from_functions(cls, name: str, forward: Forward, derivative: Derivative) -> Activation:
@@ -87,14 +91,14 @@ def _relu_into(z: Array, out: Array) -> None:
 
 
 def _relu_scale(z: Array, a: Array, delta: Array, mask: npt.NDArray[np.bool_]) -> None:
-    # Multiplying by a boolean mask is several times faster than np.copyto(where=...) or
-    # np.where, and filling a preallocated mask avoids a temporary per batch.
-    np.greater(z, 0.0, out=mask)
+    # a > 0 exactly where z > 0. Multiplying by a boolean mask is several times faster than
+    # np.copyto(where=...) or np.where, and filling a preallocated mask avoids a temporary.
+    np.greater(a, 0.0, out=mask)
     np.multiply(delta, mask, out=delta)
 
 
 def _relu_derivative_into(z: Array, a: Array, out: Array) -> None:
-    np.copyto(out, z > 0.0)  # faster than np.greater(z, 0.0, out=out) with a float out
+    np.copyto(out, a > 0.0)  # faster than np.greater(a, 0.0, out=out) with a float out
 
 
 def _leaky_relu(z: Array) -> Array:
@@ -106,17 +110,17 @@ def _leaky_relu_derivative(z: Array, a: Array) -> Array:
 
 
 def _leaky_relu_into(z: Array, out: Array) -> None:
-    np.multiply(z, LEAKY_RELU_SLOPE, out=out)  # max(z, slope * z) since 0 < slope < 1
-    np.maximum(z, out, out=out)
+    # max(z, slope * z) since 0 < slope < 1; the product is a temporary so that out may be z
+    np.maximum(z, np.multiply(z, LEAKY_RELU_SLOPE, dtype=z.dtype), out=out)
 
 
 def _leaky_relu_scale(z: Array, a: Array, delta: Array, mask: npt.NDArray[np.bool_]) -> None:
-    np.greater(z, 0.0, out=mask)
+    np.greater(a, 0.0, out=mask)  # a > 0 exactly where z > 0
     np.multiply(delta, np.where(mask, 1.0, LEAKY_RELU_SLOPE), out=delta, casting="same_kind")
 
 
 def _leaky_relu_derivative_into(z: Array, a: Array, out: Array) -> None:
-    np.copyto(out, np.where(z > 0.0, 1.0, LEAKY_RELU_SLOPE), casting="same_kind")
+    np.copyto(out, np.where(a > 0.0, 1.0, LEAKY_RELU_SLOPE), casting="same_kind")
 
 
 def _tanh_derivative(z: Array, a: Array) -> Array:
@@ -175,15 +179,16 @@ def _identity_scale(z: Array, a: Array, delta: Array, mask: npt.NDArray[np.bool_
 
 ACTIVATIONS: dict[str, Activation] = {
     "relu": Activation("relu", _relu, _relu_derivative, _relu_into, _relu_scale,
-                       _relu_derivative_into),
+                       _relu_derivative_into, in_place=True),
     "leaky_relu": Activation("leaky_relu", _leaky_relu, _leaky_relu_derivative,
-                             _leaky_relu_into, _leaky_relu_scale, _leaky_relu_derivative_into),
+                             _leaky_relu_into, _leaky_relu_scale, _leaky_relu_derivative_into,
+                             in_place=True),
     "tanh": Activation("tanh", np.tanh, _tanh_derivative, _tanh_into, _tanh_scale,
-                       _tanh_derivative_into),
+                       _tanh_derivative_into, in_place=True),
     "sigmoid": Activation("sigmoid", sigmoid, _sigmoid_derivative, _sigmoid_into,
-                          _sigmoid_scale, _sigmoid_derivative_into),
+                          _sigmoid_scale, _sigmoid_derivative_into, in_place=True),
     "identity": Activation("identity", _identity, _identity_derivative, _identity_into,
-                           _identity_scale, _identity_derivative_into),
+                           _identity_scale, _identity_derivative_into, in_place=True),
 }
 
 

@@ -210,10 +210,10 @@ class MLP:
         """
         data = training.prepare_data(self, X, y)
         if indices is None:
-            ws = Workspace(self.layer_sizes, data.n, self._np_dtype, data.inputs(), data.targets)
+            ws = Workspace(self._net, data.n, data.inputs(), data.targets)
         else:
             index = np.asarray(indices, dtype=np.intp)
-            ws = Workspace(self.layer_sizes, index.size, self._np_dtype)
+            ws = Workspace(self._net, index.size)
             ws.load_batch(data.features, data.target_rows(), index)
         grads = np.empty_like(self._params)
         loss_sum, _, _ = training.gradient_into(self._net, self._output_layer,
@@ -245,7 +245,7 @@ class MLP:
                 m = part.shape[0]
                 if m not in workspaces:
                     inputs = np.ones((self.layer_sizes[0] + 1, m), dtype=self._np_dtype)
-                    workspaces[m] = Workspace(self.layer_sizes, m, self._np_dtype, inputs)
+                    workspaces[m] = Workspace(self._net, m, inputs)
                 ws = workspaces[m]
                 ws.inputs[:-1] = part.T
                 logits[:, start:start + m] = forward(self._net, ws)

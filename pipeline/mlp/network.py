@@ -85,6 +85,8 @@ class Network:
 
     def __init__(self, layout: ParameterLayout, params: Array,
                  activations: Sequence[Activation]) -> None:
+        self.layer_sizes = layout.layer_sizes
+        self.dtype = params.dtype
         self.blocks = layout.blocks(params)  # [W_l; b_l]: (fan_in + 1, fan_out)
         self.blocks_t = [block.T for block in self.blocks]  # (fan_out, fan_in + 1)
         self.weights = [block[:-1] for block in self.blocks]  # W_l: (fan_in, fan_out)
@@ -102,12 +104,15 @@ class Workspace:
     z[l], delta[l]: (units_l, n) pre-activations and dLoss/dZ of layer l (0-based);
     a[l]: (units_l + 1, n) hidden activations with a last row of ones, a_units[l] the view
     without it; mask[l]: bool scratch; scratch: (k, n) for the output layer.
+    A hidden layer whose activation works ``in_place`` (every built-in) has z[l] = a_units[l]:
+    the activation overwrites Z_l with A_l, which saves a buffer and a pass over memory.
     When backward's shortcut for the first layer applies (``rank_one``), two more buffers:
     deriv0: f'(Z_0): (units_0, n) (deriv0_t its transpose) and scaled_inputs: (fan_in + 1, n).
     """
 
-    def __init__(self, layer_sizes: Sequence[int], n: int, dtype: npt.DTypeLike,
-                 inputs: Array | None = None, targets: Array | None = None) -> None:
+    def __init__(self, net: Network, n: int, inputs: Array | None = None,
+                 targets: Array | None = None) -> None:
+        layer_sizes, dtype = net.layer_sizes, net.dtype
         self.n = n
         # 1/n as a 0-d array of the model's dtype (same value as the Python float would be cast
         # to): a Python float operand costs NumPy a conversion on every call.
@@ -119,9 +124,11 @@ class Workspace:
             inputs, targets = self.rows.T, self.target_rows.T
         self.inputs: Array = inputs
         self.targets: Array | None = targets
-        self.z = [np.empty((units, n), dtype=dtype) for units in layer_sizes[1:]]
         self.a = [np.ones((units + 1, n), dtype=dtype) for units in hidden]
         self.a_units = [a[:-1] for a in self.a]
+        self.z = [a_units if activation.in_place else np.empty_like(a_units)
+                  for a_units, activation in zip(self.a_units, net.activations, strict=True)]
+        self.z.append(np.empty((k, n), dtype=dtype))  # the logits
         self.delta = [np.empty((units, n), dtype=dtype) for units in layer_sizes[1:]]
         self.delta_t = [d.T for d in self.delta]
         self.mask = [np.empty((units, n), dtype=np.bool_) for units in hidden]

@@ -290,16 +290,15 @@ class Loop:
             self.decay_term = np.empty_like(self.params)
         self.n = train.n
         self.batch_size = None if state.batch_size is None else min(state.batch_size, train.n)
-        sizes = model.layer_sizes
+        net = self.net
         if self.batch_size is None:
-            self.full = Workspace(sizes, train.n, dtype, train.inputs(), train.targets)
+            self.full = Workspace(net, train.n, train.inputs(), train.targets)
         else:  # batches are gathered from X itself: no copy of the whole data set
             self.features, self.target_rows = train.features, train.target_rows()
-            self.batch = Workspace(sizes, self.batch_size, dtype)
+            self.batch = Workspace(net, self.batch_size)
             rest = train.n % self.batch_size
-            self.last = Workspace(sizes, rest, dtype) if rest else self.batch
-        self.val = None if val is None else Workspace(sizes, val.n, dtype, val.inputs(),
-                                                      val.targets)
+            self.last = Workspace(net, rest) if rest else self.batch
+        self.val = None if val is None else Workspace(net, val.n, val.inputs(), val.targets)
         self.snapshot = _Snapshot(self.params, state, with_rng=self.batch_size is not None)
         self.best: _Snapshot | None = None
         if settings.patience is not None:
