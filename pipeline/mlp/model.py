@@ -16,6 +16,7 @@ from .history import History
 from .initializers import initial_weights
 from .network import Network, ParameterLayout, Workspace, forward
 from .outputs import get_output
+from .parallel import BatchParts, Lanes
 from .validation import check_features, check_labels
 
 Array = npt.NDArray[np.floating]
@@ -162,7 +163,7 @@ class MLP:
               validation: tuple[Any, Any] | None = None,
               early_stopping_patience: int | None = None, shuffle_seed: int | None = None,
               callbacks: Sequence[Callable[[int, dict[str, float], MLP], Any]] = (),
-              resume: bool = False) -> History:
+              resume: bool = False, threads: int | None = None) -> History:
         """Fit the network by gradient descent on the mean cross-entropy; return the History.
 
         X: (n_samples, n_features); y: (n_samples,) or (n_samples, 1) class indices 0..k-1.
@@ -187,6 +188,8 @@ class MLP:
         the stored run (epoch counter, optimiser state, shuffle stream) up to a TOTAL of
         ``epochs``; it must use the same optimizer and options. A model never trained starts
         fresh. Early-stopping bookkeeping starts over on resuming.
+        threads: how many threads a large batch's parts run on (see parallel.py); None: as
+        many as NumPy's BLAS is limited to (threadpoolctl). The result does not depend on it.
 
         Raises ValueError for bad arguments or data (the model is then unchanged) and
         TrainingDiverged if the loss or a parameter becomes non-finite. Warns
@@ -197,28 +200,35 @@ class MLP:
             batch_size=batch_size, optimizer=optimizer, optimizer_options=optimizer_options,
             weight_decay=weight_decay, clip=clip, clip_value=clip_value,
             early_stopping_patience=early_stopping_patience, shuffle_seed=shuffle_seed,
-            callbacks=callbacks, resume=resume)
+            callbacks=callbacks, resume=resume, threads=threads)
 
     def _loss_and_gradients(self, X: Any, y: Any, *, weight_decay: float = 0.0,
-                            indices: npt.ArrayLike | None = None
-                            ) -> tuple[float, list[Array], list[Array]]:
+                            indices: npt.ArrayLike | None = None, parts: int | None = None,
+                            threads: int = 1) -> tuple[float, list[Array], list[Array]]:
         """Mean loss (+ wd/2 |W|^2) and its gradients, unclipped, on X, y (or rows ``indices``).
 
         Uses the training code paths (the full-batch layout, or the mini-batch gather when
-        ``indices`` is given). Returns (loss, [dW_l: (fan_in, fan_out)], [db_l: (1, fan_out)]).
+        ``indices`` is given; the batch split into ``parts`` run on ``threads``, see
+        parallel.py). Returns (loss, [dW_l: (fan_in, fan_out)], [db_l: (1, fan_out)]).
         For gradient checks.
         """
         data = training.prepare_data(self, X, y)
+        load = None
         if indices is None:
-            ws = Workspace(self._net, data.n, data.inputs(), data.targets)
+            batch = BatchParts(self._net, self._layout, data.n, data.inputs(), data.targets,
+                               parts=parts)
         else:
             index = np.asarray(indices, dtype=np.intp)
-            ws = Workspace(self._net, index.size)
-            ws.load_batch(data.features, data.target_rows(), index)
+            batch = BatchParts(self._net, self._layout, index.size, parts=parts)
+            load = training.gather(batch, data.features, data.target_rows(), index)
         grads = np.empty_like(self._params)
-        loss_sum, _, _ = training.gradient_into(self._net, self._output_layer,
-                                                self._layout.blocks(grads), ws)
-        loss = loss_sum / ws.n
+        lanes = Lanes(threads)
+        try:
+            loss_sum, _, _ = training.batch_gradient(self._net, self._output_layer, batch, grads,
+                                                     self._layout.blocks(grads), lanes, load)
+        finally:
+            lanes.close()
+        loss = loss_sum / batch.n
         if weight_decay:
             decay = self._layout.weight_mask(self._np_dtype) * weight_decay
             loss += 0.5 * float(np.dot(self._params * decay, self._params))

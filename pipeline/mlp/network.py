@@ -111,12 +111,13 @@ class Workspace:
     """
 
     def __init__(self, net: Network, n: int, inputs: Array | None = None,
-                 targets: Array | None = None) -> None:
+                 targets: Array | None = None, mean_over: int | None = None) -> None:
         layer_sizes, dtype = net.layer_sizes, net.dtype
         self.n = n
         # 1/n as a 0-d array of the model's dtype (same value as the Python float would be cast
-        # to): a Python float operand costs NumPy a conversion on every call.
-        self.inv_n = np.array(1.0 / n, dtype=dtype)
+        # to): a Python float operand costs NumPy a conversion on every call. A part of a larger
+        # batch (parallel.py) scales by that batch's size, ``mean_over``.
+        self.inv_n = np.array(1.0 / (mean_over or n), dtype=dtype)
         hidden, k = layer_sizes[1:-1], layer_sizes[-1]
         if inputs is None:
             self.rows = np.ones((n, layer_sizes[0] + 1), dtype=dtype)

@@ -24,6 +24,7 @@ from .history import History
 from .network import Network, Workspace, backward, forward
 from .optimizers import Optimizer, make_optimizer
 from .outputs import BatchSums, OutputLayer
+from .parallel import BatchParts, Lanes, blas_limited, plan_threads
 from .validation import check_features, check_labels
 
 if TYPE_CHECKING:
@@ -104,13 +105,14 @@ class Settings:
     shuffle_seed: int | None
     callbacks: tuple[Callback, ...]
     resume: bool
+    threads: int | None
 
     @classmethod
     def check(cls, *, learning_rate: float, epochs: int, batch_size: int | None, optimizer: str,
               optimizer_options: Mapping[str, float | bool] | None, weight_decay: float,
               clip: str, clip_value: float, has_validation: bool,
               early_stopping_patience: int | None, shuffle_seed: int | None,
-              callbacks: Sequence[Callback], resume: bool) -> Settings:
+              callbacks: Sequence[Callback], resume: bool, threads: int | None) -> Settings:
         # Building the optimiser checks its name, the learning rate and the options.
         make_optimizer(optimizer, learning_rate, optimizer_options)
         get_clipper(clip)
@@ -136,6 +138,7 @@ class Settings:
             shuffle_seed=_check_int("shuffle_seed", shuffle_seed, 0, optional=True),
             callbacks=tuple(callbacks),
             resume=bool(resume),
+            threads=_check_int("threads", threads, 1, optional=True),
         )
 
 
@@ -217,6 +220,63 @@ def gradient_into(net: Network, output: OutputLayer, grad_blocks: Sequence[Array
     return sums
 
 
+def add_sums(sums: Sequence[BatchSums]) -> BatchSums:
+    """The loss sums of a batch's parts added up, in part order."""
+    loss_sum = sq_sum = 0.0
+    n_correct = 0
+    for part_loss, part_sq, part_correct in sums:
+        loss_sum += part_loss
+        sq_sum += part_sq
+        n_correct += part_correct
+    return loss_sum, sq_sum, n_correct
+
+
+def batch_gradient(net: Network, output: OutputLayer, parts: BatchParts, grads: Array,
+                   grad_blocks: Sequence[Array], lanes: Lanes,
+                   load: Callable[[int, Workspace], None] | None = None) -> BatchSums:
+    """grads (flat; grad_blocks its blocks) = d(mean loss)/dθ on the batch in ``parts``, as
+    ``gradient_into``; a split batch's parts run on ``lanes`` and their gradients are added in
+    part order. ``load(i, ws)`` first fills part i's workspace (a gathered mini-batch)."""
+    if not parts.split:
+        ws = parts.workspaces[0]
+        if load is not None:
+            load(0, ws)
+        return gradient_into(net, output, grad_blocks, ws)
+
+    def part(i: int) -> BatchSums:
+        ws = parts.workspaces[i]
+        if load is not None:
+            load(i, ws)
+        return gradient_into(net, output, parts.grad_blocks[i], ws)
+
+    sums = lanes.run(part, len(parts.workspaces))
+    np.add(parts.grads[0], parts.grads[1], out=grads)
+    for part_grads in parts.grads[2:]:
+        np.add(grads, part_grads, out=grads)
+    return add_sums(sums)
+
+
+def gather(parts: BatchParts, features: Array, target_rows: Array,
+           index: npt.NDArray[np.intp]) -> Callable[[int, Workspace], None]:
+    """load(i, ws) for ``batch_gradient``: gather part i's share of the samples ``index`` of
+    X: (N, n_features) and target_rows: (N, k) into ``ws``."""
+    def load(i: int, ws: Workspace) -> None:
+        start, stop = parts.ranges[i]
+        ws.load_batch(features, target_rows, index[start:stop])
+
+    return load
+
+
+def batch_loss(net: Network, output: OutputLayer, parts: BatchParts, lanes: Lanes) -> BatchSums:
+    """Loss sums of the current parameters on the fixed data set in ``parts`` (no gradient)."""
+    def part(i: int) -> BatchSums:
+        ws = parts.workspaces[i]
+        z = forward(net, ws)
+        return output.loss_and_delta(z, ws.targets, ws.delta[-1], ws.scratch)
+
+    return add_sums(lanes.run(part, len(parts.workspaces)))
+
+
 def add_weight_decay(grads: Array, params: Array, decay: Array, scratch: Array) -> None:
     """grads += wd W: the gradient of the L2 penalty wd/2 |W|^2, weights only.
 
@@ -290,25 +350,44 @@ class Loop:
             self.decay_term = np.empty_like(self.params)
         self.n = train.n
         self.batch_size = None if state.batch_size is None else min(state.batch_size, train.n)
-        net = self.net
+        net, layout = self.net, model._layout
         if self.batch_size is None:
-            self.full = Workspace(net, train.n, train.inputs(), train.targets)
+            self.full = BatchParts(net, layout, train.n, train.inputs(), train.targets)
+            every = [self.full]
         else:  # batches are gathered from X itself: no copy of the whole data set
             self.features, self.target_rows = train.features, train.target_rows()
-            self.batch = Workspace(net, self.batch_size)
+            self.batch = BatchParts(net, layout, self.batch_size)
             rest = train.n % self.batch_size
-            self.last = Workspace(net, rest) if rest else self.batch
-        self.val = None if val is None else Workspace(net, val.n, val.inputs(), val.targets)
+            self.last = BatchParts(net, layout, rest) if rest else self.batch
+            every = [self.batch, self.last]
+        self.val = None if val is None else BatchParts(net, layout, val.n, val.inputs(),
+                                                       val.targets)
+        if self.val is not None:
+            every.append(self.val)
+        # Threads only for batches that split; the thread count never changes the result.
+        lanes, self.blas_limit = plan_threads(settings.threads,
+                                              max(len(parts.ranges) for parts in every))
+        self.lanes = Lanes(lanes)
         self.snapshot = _Snapshot(self.params, state, with_rng=self.batch_size is not None)
         self.best: _Snapshot | None = None
         if settings.patience is not None:
             self.best = _Snapshot(self.params, state, with_rng=True)
 
-    def step(self, ws: Workspace) -> BatchSums:
-        """One gradient step on the batch in ``ws``; its loss sums are from before the step."""
-        sums = gradient_into(self.net, self.output, self.grad_blocks, ws)
+    def step(self, parts: BatchParts, index: npt.NDArray[np.intp] | None = None) -> BatchSums:
+        """One gradient step on a batch: the fixed one in ``parts``, or the samples ``index``
+        of the training data gathered into them. Its loss sums are from before the step."""
+        if not parts.split:  # the common case, inline: small batches are bound by call counts
+            ws = parts.workspaces[0]
+            if index is not None:
+                ws.load_batch(self.features, self.target_rows, index)
+            sums = gradient_into(self.net, self.output, self.grad_blocks, ws)
+        else:
+            load = None if index is None else gather(parts, self.features, self.target_rows,
+                                                     index)
+            sums = batch_gradient(self.net, self.output, parts, self.grads, self.grad_blocks,
+                                  self.lanes, load)
         if not math.isfinite(sums[0]):
-            raise _NonFinite(f"the training loss became {sums[0] / ws.n}")
+            raise _NonFinite(f"the training loss became {sums[0] / parts.n}")
         grads = self.grads
         if self.decay is not None:
             add_weight_decay(grads, self.params, self.decay, self.decay_term)
@@ -325,20 +404,27 @@ class Loop:
         order = self.state.shuffle_rng.permutation(self.n)
         for start in range(0, self.n, self.batch_size):
             index = order[start:start + self.batch_size]
-            ws = self.batch if index.size == self.batch_size else self.last
-            ws.load_batch(self.features, self.target_rows, index)
-            batch_loss, batch_sq, batch_correct = self.step(ws)
+            parts = self.batch if index.size == self.batch_size else self.last
+            batch_loss, batch_sq, batch_correct = self.step(parts, index)
             loss_sum += batch_loss
             sq_sum += batch_sq
             n_correct += batch_correct
         return loss_sum, sq_sum, n_correct
 
-    def evaluate(self, ws: Workspace) -> BatchSums:
+    def evaluate(self, parts: BatchParts) -> BatchSums:
         """Loss sums of the current parameters on a fixed data set (no update)."""
-        z = forward(self.net, ws)
-        return self.output.loss_and_delta(z, ws.targets, ws.delta[-1], ws.scratch)
+        return batch_loss(self.net, self.output, parts, self.lanes)
 
     def run(self) -> History:
+        """Train for the settings' epochs, BLAS limited as planned (one thread per lane when
+        a batch's parts run on two lanes and two cores)."""
+        try:
+            with blas_limited(self.blas_limit):
+                return self._run_epochs()
+        finally:
+            self.lanes.close()
+
+    def _run_epochs(self) -> History:
         settings, state, params = self.settings, self.state, self.params
         history = History(metrics={name: [] for name in self._metric_names()})
         # Bound methods and columns looked up once: on a small network an epoch is ~30 NumPy
