@@ -11,10 +11,17 @@ from bench.workloads import Array, Labels, Workload
 
 WARMUP_ROWS = 4096
 WARMUP_EPOCHS = 5
+# Idle time before each timed run. A BLAS or OpenMP pool keeps its threads spinning for a
+# while after its last call (OpenBLAS up to ~0.1 s): without the pause, the contender timed
+# next shares the cores with the previous one's spinning threads (measured: PyTorch's W2
+# epoch 9.7-10.8 ms right after scikit-learn's run, 8.5-9.3 ms after a 0.3 s pause).
+SETTLE_SECONDS = 0.3
 
 
-def time_run(run: Run) -> float:
-    """Seconds one ``run()`` takes, warnings (e.g. ConvergenceWarning) silenced."""
+def time_run(run: Run, settle: float = 0.0) -> float:
+    """Seconds one ``run()`` takes, after ``settle`` idle seconds; warnings (e.g.
+    ConvergenceWarning) silenced."""
+    time.sleep(settle)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         start = time.perf_counter()
@@ -45,5 +52,6 @@ def seconds_per_epoch(contenders: Sequence[Contender], workload: Workload, X: Ar
     for _ in range(repeats):
         for contender in contenders:
             run = contender.prepare(workload, X, y, epochs)
-            best[contender.key] = min(best[contender.key], time_run(run) / epochs)
+            seconds = time_run(run, SETTLE_SECONDS)
+            best[contender.key] = min(best[contender.key], seconds / epochs)
     return best
