@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.mlp import MLP
+from pipeline.mlp.parallel import part_count
 from pipeline.paths import PROJECT_ROOT
 from pipeline.runner import RunResult, run
 from pipeline.schema import validate
@@ -166,3 +167,20 @@ def test_cli_make_train_equivalent(tmp_path, store) -> None:
     runs = MlflowClient(store).search_runs(
         [MlflowClient(store).get_experiment_by_name("mlp-pipeline").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def test_the_thread_count_does_not_change_a_run_whose_batches_split(
+        compose_cfg, tmp_path, isolated, store) -> None:
+    """Batches big enough to run in parts on several threads (pipeline/mlp/parallel.py) give
+    the same checkpoint and history with train.threads=1 as with 2."""
+    big = ("data.n_samples=8000", "model.hidden_sizes=[256,128]", "train.batch_size=2048",
+           "train.epochs=3", "train.checkpoint_every=0")
+    assert part_count(2048, (2, 256, 128, 1)) > 1
+    runs = [_run(compose_cfg, tmp_path / str(threads), isolated, *big, f"train.threads={threads}")
+            for threads in (1, 2)]
+    client = MlflowClient(store)
+    tags = [client.get_run(r.run_id).data.tags for r in runs]
+    assert [t["train_threads"] for t in tags] == ["1", "2"]
+    assert tags[0]["checkpoint_sha256"] == tags[1]["checkpoint_sha256"]
+    losses = [[m.value for m in client.get_metric_history(r.run_id, "train_loss")] for r in runs]
+    assert len(losses[0]) == 3 and losses[0] == losses[1]
