@@ -10,10 +10,19 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from pipeline.mlp import MLP, TrainingDiverged, parallel
+from pipeline.mlp import ACTIVATIONS, MLP, TrainingDiverged, parallel, register_activation
 from pipeline.mlp.parallel import Lanes, part_bounds, part_count
 
 pytestmark = pytest.mark.filterwarnings("ignore::pipeline.mlp.ConvergenceWarning")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def softplus_parts():
+    """A registered activation: it keeps its own Z buffer, unlike the built-ins."""
+    register_activation("softplus_parts", lambda z: np.logaddexp(0.0, z),
+                        lambda z, a: 1.0 / (1.0 + np.exp(-z)))
+    yield
+    ACTIVATIONS.pop("softplus_parts")
 
 
 def binary(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -69,11 +78,13 @@ def test_part_counts_are_powers_of_two_within_the_limits():
 
 @pytest.mark.parametrize("output", ["sigmoid", "softmax"])
 @pytest.mark.parametrize("gathered", [False, True])
-def test_a_split_batch_has_the_whole_batchs_gradient(output, gathered):
+@pytest.mark.parametrize("activation", ["relu", "tanh", "softplus_parts"])
+def test_a_split_batch_has_the_whole_batchs_gradient(output, gathered, activation):
     X, y = binary(53, 4)
     if output == "softmax":
         y = y + (X[:, 2] > 0.5)
-    model = MLP([4, 6, 5, 3 if output == "softmax" else 1], output=output, seed=3)
+    model = MLP([4, 6, 5, 3 if output == "softmax" else 1], output=output, seed=3,
+                hidden_activation=activation)
     indices = np.random.default_rng(1).permutation(53)[:41] if gathered else None
     whole = model._loss_and_gradients(X, y, indices=indices)
     for parts, threads in [(2, 1), (3, 2), (5, 3)]:
@@ -96,14 +107,15 @@ def test_a_split_batchs_gradient_does_not_depend_on_the_thread_count():
 
 # ---- training ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("batch_size", [None, 96])
-def test_training_gives_the_same_bits_on_any_thread_count(small_parts, batch_size):
+@pytest.mark.parametrize(("batch_size", "dtype"), [(None, "float64"), (96, "float64"),
+                                                   (96, "float32")])
+def test_training_gives_the_same_bits_on_any_thread_count(small_parts, batch_size, dtype):
     X, y = binary(400, 6)
     X_val, y_val = binary(150, 6, seed=1)
     runs = []
     # threads given, or taken from the BLAS limit (as the pipeline's train.threads sets it)
     for threads, blas_limit in [(1, None), (2, None), (3, None), (None, 1), (None, 2)]:
-        model = MLP([6, 24, 12, 1], seed=4)
+        model = MLP([6, 24, 12, 1], seed=4, dtype=dtype)
         with threadpool_limits(limits=blas_limit, user_api="blas"):
             history = model.train(X, y, learning_rate=0.05, epochs=15, batch_size=batch_size,
                                   optimizer="adam", validation=(X_val, y_val), threads=threads)
