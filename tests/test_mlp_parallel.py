@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from pipeline.mlp import ACTIVATIONS, MLP, TrainingDiverged, parallel, register_activation
+from pipeline.mlp import (
+    ACTIVATIONS,
+    MLP,
+    TrainingDiverged,
+    parallel,
+    register_activation,
+    training,
+)
 from pipeline.mlp.parallel import Lanes, part_bounds, part_count
 
 pytestmark = pytest.mark.filterwarnings("ignore::pipeline.mlp.ConvergenceWarning")
@@ -142,6 +149,27 @@ def test_split_training_learns_what_unsplit_training_learns(small_parts, monkeyp
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_gathering_the_next_batch_ahead_changes_no_bit(small_parts, monkeypatch):
+    X, y = binary(400, 6)
+    ahead_steps = []
+    step = training.Loop.step
+
+    def spy(self, parts, index=None, next_index=None):
+        ahead_steps.append(parts.split and next_index is not None)
+        return step(self, parts, index, next_index)
+
+    monkeypatch.setattr(training.Loop, "step", spy)
+    ahead = MLP([6, 24, 12, 1], seed=2)
+    ahead.train(X, y, learning_rate=0.05, epochs=4, batch_size=96, threads=2)
+    assert sum(ahead_steps) == 4 * 3  # 5 batches an epoch: the first 3 gather their next
+    monkeypatch.setattr(training.Loop, "step",
+                        lambda self, parts, index=None, next_index=None: step(self, parts, index))
+    plain = MLP([6, 24, 12, 1], seed=2)
+    plain.train(X, y, learning_rate=0.05, epochs=4, batch_size=96, threads=2)
+    for a, b in zip(ahead.weights + ahead.biases, plain.weights + plain.biases, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_blas_runs_one_thread_per_lane_while_training_and_is_restored(small_parts):
     X, y = binary(400, 6)
     seen: list[list[int]] = []
@@ -203,6 +231,48 @@ def test_lanes_return_results_in_part_order_from_several_threads():
         assert ran_on[0] == ran_on[3] == threading.current_thread().name  # lane 0: the caller
     finally:
         lanes.close()
+        lanes.close()
+
+
+def test_then_runs_on_each_parts_lane_after_its_task():
+    lanes = Lanes(2)
+    try:
+        log: list[tuple[str, int, str]] = []
+
+        def task(i: int) -> int:
+            log.append(("task", i, threading.current_thread().name))
+            return i
+
+        def then(i: int) -> None:
+            log.append(("then", i, threading.current_thread().name))
+
+        assert lanes.run(task, 4, then) == [0, 1, 2, 3]
+        lanes.run(lambda i: None, 2)  # a worker starts its next task only after its `then`
+        caller = threading.current_thread().name
+        mine = [entry for entry in log if entry[2] == caller]
+        theirs = [entry for entry in log if entry[2] != caller]
+        assert [entry[:2] for entry in mine] == [("task", 0), ("task", 2), ("then", 0),
+                                                 ("then", 2)]
+        assert [entry[:2] for entry in theirs] == [("task", 1), ("task", 3), ("then", 1),
+                                                   ("then", 3)]
+    finally:
+        lanes.close()
+
+
+def test_an_error_in_a_workers_then_is_raised_by_the_next_run():
+    lanes = Lanes(2)
+    ran: list[int] = []
+    try:
+        def then(i: int) -> None:
+            if i == 1:
+                raise RuntimeError("then failed")
+
+        assert lanes.run(lambda i: i, 2, then) == [0, 1]
+        with pytest.raises(RuntimeError, match="then failed"):
+            lanes.run(ran.append, 2)
+        assert ran == [0]  # the failed lane's task did not run
+        assert lanes.run(lambda i: -i, 2) == [0, -1]  # and the lane works again
+    finally:
         lanes.close()
 
 

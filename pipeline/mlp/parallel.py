@@ -85,6 +85,7 @@ class BatchParts:
             self.workspaces = [Workspace(net, n, inputs, targets)]
             self.grads: list[Array] = []
             self.grad_blocks: list[list[Array]] = []
+            self.prefetched = False
             return
         self.workspaces = [
             Workspace(net, stop - start,
@@ -93,6 +94,7 @@ class BatchParts:
             for start, stop in self.ranges]
         self.grads = [np.empty(layout.size, dtype=net.dtype) for _ in self.ranges]
         self.grad_blocks = [layout.blocks(g) for g in self.grads]
+        self.prefetched = False  # the parts already hold the next batch's rows
 
     @property
     def split(self) -> bool:
@@ -101,10 +103,12 @@ class BatchParts:
 
 
 class _Worker(threading.Thread):
-    """A lane's thread: waits for a job, runs it, reports back; a job of None ends it.
+    """A lane's thread: waits for a job, runs it, reports back, then runs the job's ``after``
+    (work the caller does not wait for); a job of None ends it.
 
     Two plain locks do the hand-off (``go`` released by the caller, ``done`` by the worker):
     ~10 µs a round trip, where a ThreadPoolExecutor's futures cost over 100 µs per batch.
+    An error in ``after`` is reported as the next job's error, that job not run.
     """
 
     def __init__(self, name: str) -> None:
@@ -113,24 +117,35 @@ class _Worker(threading.Thread):
         self.go.acquire()
         self.done.acquire()
         self.job: Callable[[], Any] | None = None
+        self.after: Callable[[], Any] | None = None
         self.result: Any = None
         self.error: BaseException | None = None
+        self._after_error: BaseException | None = None
         self.start()
 
     def run(self) -> None:
         while True:
             self.go.acquire()
-            job = self.job
+            job, after = self.job, self.after
             if job is None:
                 return
-            try:
-                self.result, self.error = job(), None
-            except BaseException as error:  # handed to the caller, which re-raises it
-                self.result, self.error = None, error
+            self.result, self.error = None, self._after_error
+            self._after_error = None
+            if self.error is None:
+                try:
+                    self.result = job()
+                except BaseException as error:  # handed to the caller, which re-raises it
+                    self.error = error
             self.done.release()
+            if after is not None and self.error is None:
+                try:
+                    after()
+                except BaseException as error:
+                    self._after_error = error
 
-    def submit(self, job: Callable[[], Any] | None) -> None:
-        self.job = job
+    def submit(self, job: Callable[[], Any] | None,
+               after: Callable[[], Any] | None = None) -> None:
+        self.job, self.after = job, after
         self.go.release()
 
     def collect(self) -> Any:
@@ -152,11 +167,17 @@ class Lanes:
         self.threads = max(1, threads)
         self._workers: list[_Worker] = []
 
-    def run(self, task: Callable[[int], Any], n_parts: int) -> list[Any]:
-        """[task(0), ..., task(n_parts - 1)], spread over the lanes."""
+    def run(self, task: Callable[[int], Any], n_parts: int,
+            then: Callable[[int], Any] | None = None) -> list[Any]:
+        """[task(0), ..., task(n_parts - 1)], spread over the lanes. ``then(i)`` runs on part
+        i's lane after the lane's tasks; a worker runs it after reporting back, so it may
+        still be running when ``run`` returns (and delays only that lane's next tasks)."""
         lanes = min(self.threads, n_parts)
         if lanes == 1:
-            return [task(i) for i in range(n_parts)]
+            results = [task(i) for i in range(n_parts)]
+            for i in range(n_parts) if then is not None else ():
+                then(i)
+            return results
         while len(self._workers) < lanes - 1:
             self._workers.append(_Worker(f"mlp-part-{len(self._workers) + 1}"))
         workers = self._workers[:lanes - 1]
@@ -170,10 +191,16 @@ class Lanes:
             with np.errstate(**errors):
                 return lane(first)
 
+        def lane_then(first: int) -> None:
+            for i in range(first, n_parts, lanes) if then is not None else ():
+                then(i)
+
         for first, worker in enumerate(workers, start=1):
-            worker.submit(lambda first=first: worker_lane(first))
+            worker.submit(lambda first=first: worker_lane(first),
+                          None if then is None else lambda first=first: lane_then(first))
         try:
             own = lane(0)
+            lane_then(0)  # while the workers finish their tasks
         finally:  # even on an error, no thread may still be writing when run returns
             outcomes = []
             for worker in workers:

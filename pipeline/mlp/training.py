@@ -233,23 +233,24 @@ def add_sums(sums: Sequence[BatchSums]) -> BatchSums:
 
 def batch_gradient(net: Network, output: OutputLayer, parts: BatchParts, grads: Array,
                    grad_blocks: Sequence[Array], lanes: Lanes,
-                   load: Callable[[int, Workspace], None] | None = None) -> BatchSums:
+                   load: Callable[[int], None] | None = None,
+                   prefetch: Callable[[int], None] | None = None) -> BatchSums:
     """grads (flat; grad_blocks its blocks) = d(mean loss)/dθ on the batch in ``parts``, as
     ``gradient_into``; a split batch's parts run on ``lanes`` and their gradients are added in
-    part order. ``load(i, ws)`` first fills part i's workspace (a gathered mini-batch)."""
+    part order. ``load(i)`` first fills part i's workspace (a gathered mini-batch);
+    ``prefetch(i)`` then fills it with the next batch's rows, on a worker's lane while the
+    caller goes on with the update (that worker's next tasks start after it)."""
     if not parts.split:
-        ws = parts.workspaces[0]
         if load is not None:
-            load(0, ws)
-        return gradient_into(net, output, grad_blocks, ws)
+            load(0)
+        return gradient_into(net, output, grad_blocks, parts.workspaces[0])
 
     def part(i: int) -> BatchSums:
-        ws = parts.workspaces[i]
         if load is not None:
-            load(i, ws)
-        return gradient_into(net, output, parts.grad_blocks[i], ws)
+            load(i)
+        return gradient_into(net, output, parts.grad_blocks[i], parts.workspaces[i])
 
-    sums = lanes.run(part, len(parts.workspaces))
+    sums = lanes.run(part, len(parts.workspaces), prefetch)
     np.add(parts.grads[0], parts.grads[1], out=grads)
     for part_grads in parts.grads[2:]:
         np.add(grads, part_grads, out=grads)
@@ -257,12 +258,12 @@ def batch_gradient(net: Network, output: OutputLayer, parts: BatchParts, grads: 
 
 
 def gather(parts: BatchParts, features: Array, target_rows: Array,
-           index: npt.NDArray[np.intp]) -> Callable[[int, Workspace], None]:
-    """load(i, ws) for ``batch_gradient``: gather part i's share of the samples ``index`` of
-    X: (N, n_features) and target_rows: (N, k) into ``ws``."""
-    def load(i: int, ws: Workspace) -> None:
+           index: npt.NDArray[np.intp]) -> Callable[[int], None]:
+    """load(i) for ``batch_gradient``: gather part i's share of the samples ``index`` of
+    X: (N, n_features) and target_rows: (N, k) into its workspace."""
+    def load(i: int) -> None:
         start, stop = parts.ranges[i]
-        ws.load_batch(features, target_rows, index[start:stop])
+        parts.workspaces[i].load_batch(features, target_rows, index[start:stop])
 
     return load
 
@@ -373,19 +374,26 @@ class Loop:
         if settings.patience is not None:
             self.best = _Snapshot(self.params, state, with_rng=True)
 
-    def step(self, parts: BatchParts, index: npt.NDArray[np.intp] | None = None) -> BatchSums:
+    def step(self, parts: BatchParts, index: npt.NDArray[np.intp] | None = None,
+             next_index: npt.NDArray[np.intp] | None = None) -> BatchSums:
         """One gradient step on a batch: the fixed one in ``parts``, or the samples ``index``
-        of the training data gathered into them. Its loss sums are from before the step."""
+        of the training data gathered into them (a split batch may have been gathered by the
+        previous step, and gathers ``next_index``, the next batch of the same size, if given).
+        Its loss sums are from before the step."""
         if not parts.split:  # the common case, inline: small batches are bound by call counts
             ws = parts.workspaces[0]
             if index is not None:
                 ws.load_batch(self.features, self.target_rows, index)
             sums = gradient_into(self.net, self.output, self.grad_blocks, ws)
         else:
-            load = None if index is None else gather(parts, self.features, self.target_rows,
-                                                     index)
+            load = prefetch = None
+            if index is not None and not parts.prefetched:
+                load = gather(parts, self.features, self.target_rows, index)
+            if next_index is not None:
+                prefetch = gather(parts, self.features, self.target_rows, next_index)
+            parts.prefetched = prefetch is not None
             sums = batch_gradient(self.net, self.output, parts, self.grads, self.grad_blocks,
-                                  self.lanes, load)
+                                  self.lanes, load, prefetch)
         if not math.isfinite(sums[0]):
             raise _NonFinite(f"the training loss became {sums[0] / parts.n}")
         grads = self.grads
@@ -402,10 +410,13 @@ class Loop:
         loss_sum = sq_sum = 0.0
         n_correct = 0
         order = self.state.shuffle_rng.permutation(self.n)
-        for start in range(0, self.n, self.batch_size):
-            index = order[start:start + self.batch_size]
-            parts = self.batch if index.size == self.batch_size else self.last
-            batch_loss, batch_sq, batch_correct = self.step(parts, index)
+        size = self.batch_size
+        for start in range(0, self.n, size):
+            index = order[start:start + size]
+            parts = self.batch if index.size == size else self.last
+            following = order[start + size:start + 2 * size]  # gathered ahead if the same size
+            batch_loss, batch_sq, batch_correct = self.step(
+                parts, index, following if following.size == size else None)
             loss_sum += batch_loss
             sq_sum += batch_sq
             n_correct += batch_correct
