@@ -3,6 +3,7 @@ the same gradient as the whole one, and that training gives the same bits on any
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 
@@ -292,3 +293,17 @@ def test_a_failing_part_raises_only_after_every_lane_has_finished():
         assert finished.is_set()
     finally:
         lanes.close()
+
+
+def test_without_threadpoolctl_training_still_runs_and_gives_the_same_bits(small_parts,
+                                                                          monkeypatch):
+    X, y = binary(400, 6)
+    with_ctl = MLP([6, 24, 12, 1], seed=5)
+    with_ctl.train(X, y, learning_rate=0.05, epochs=5, threads=2)
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import fails: the core alone
+    assert parallel.blas_threads() == 1
+    for threads in (None, 2):
+        alone = MLP([6, 24, 12, 1], seed=5)
+        alone.train(X, y, learning_rate=0.05, epochs=5, threads=threads)
+        for a, b in zip(with_ctl.weights, alone.weights, strict=True):
+            np.testing.assert_array_equal(a, b)

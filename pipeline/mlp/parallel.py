@@ -249,11 +249,14 @@ def blas_threads() -> int:
 
 @contextmanager
 def blas_limited(threads: int | None) -> Iterator[None]:
-    """BLAS held to ``threads`` threads inside the block (None: left alone)."""
+    """BLAS held to ``threads`` threads inside the block (None, or no threadpoolctl: left
+    alone; the parts then still give the same result, only perhaps more slowly)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threads = None
     if threads is None:
         yield
         return
-    from threadpoolctl import threadpool_limits
-
     with threadpool_limits(limits=threads, user_api="blas"):
         yield
