@@ -44,19 +44,14 @@ MIN_PART_SAMPLES = 64
 MAX_PARTS = 8
 
 
-def step_flops_per_sample(layer_sizes: Sequence[int]) -> int:
-    """Matmul flops one sample costs a gradient step: forward, weight gradient and delta
-    products of every [W; b] block, 2 flops per multiply-add."""
-    return sum(6 * (fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(layer_sizes))
-
-
 def part_count(n: int, layer_sizes: Sequence[int]) -> int:
     """How many parts a batch of n samples splits into: a power of two (so that 2, 4 or 8
     threads get equal shares) within the limits above; 1 for small batches."""
-    sizes = list(layer_sizes)
-    n_params = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(sizes))
-    parts = min(MAX_PARTS, int(n * step_flops_per_sample(sizes) // PART_FLOPS),
-                n // MIN_PART_SAMPLES, n * sum(sizes[1:]) // n_params)
+    n_params = ParameterLayout(layer_sizes).size  # every [W; b] entry
+    # A sample costs each entry a multiply-add (2 flops) in the forward, weight-gradient and
+    # delta products: 6 flops per parameter.
+    parts = min(MAX_PARTS, int(n * 6 * n_params // PART_FLOPS), n // MIN_PART_SAMPLES,
+                n * sum(layer_sizes[1:]) // n_params)
     return 1 << (parts.bit_length() - 1) if parts > 1 else 1
 
 
@@ -81,11 +76,11 @@ class BatchParts:
         self.n = n
         bounds = part_bounds(n, net.layer_sizes, parts)
         self.ranges = list(itertools.pairwise(bounds))
+        self.prefetched = False  # the parts already hold the next batch's rows
         if len(self.ranges) == 1:
             self.workspaces = [Workspace(net, n, inputs, targets)]
             self.grads: list[Array] = []
             self.grad_blocks: list[list[Array]] = []
-            self.prefetched = False
             return
         self.workspaces = [
             Workspace(net, stop - start,
@@ -94,7 +89,6 @@ class BatchParts:
             for start, stop in self.ranges]
         self.grads = [np.empty(layout.size, dtype=net.dtype) for _ in self.ranges]
         self.grad_blocks = [layout.blocks(g) for g in self.grads]
-        self.prefetched = False  # the parts already hold the next batch's rows
 
     @property
     def split(self) -> bool:
