@@ -199,11 +199,9 @@ class RunTracker:
         self.flush()
         name, digest = dataset or (None, None)
         stamp = int(time.time() * 1000)
-        final = [Metric(key, float(value), stamp, step, model_id=model_id,
-                        dataset_name=name, dataset_digest=digest)
-                 for key, value in metrics.items()]
-        for chunk in _chunks(final, MAX_METRICS_PER_BATCH):
-            retrying(lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
+        self._log_batch([Metric(key, float(value), stamp, step, model_id=model_id,
+                                dataset_name=name, dataset_digest=digest)
+                         for key, value in metrics.items()])
 
     def flush(self) -> None:
         """Write buffered metrics, 1000 per ``log_batch`` call, and refresh the heartbeat."""
@@ -227,13 +225,16 @@ class RunTracker:
         if flusher is not None:
             flusher.join()
 
+    def _log_batch(self, metrics: list[Metric]) -> None:
+        """Write ``metrics``, MAX_METRICS_PER_BATCH per ``log_batch`` call, with retries."""
+        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+            retrying(lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
+
     def _write(self, pending: list[tuple[int, float, Mapping[str, float]]]) -> None:
         if not pending:  # nothing new: no store round trip, not even the heartbeat
             return
-        metrics = [Metric(key, float(value), int(stamp * 1000), step)
-                   for step, stamp, values in pending for key, value in values.items()]
-        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
-            retrying(lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
+        self._log_batch([Metric(key, float(value), int(stamp * 1000), step)
+                         for step, stamp, values in pending for key, value in values.items()])
         beat = [RunTag(HEARTBEAT_TAG, str(int(time.time())))]
         retrying(lambda: self.client.log_batch(self.run_id, tags=beat))
         self._last_flush = time.monotonic()
