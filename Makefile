@@ -14,7 +14,7 @@ ARGS ?=
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test test-fast lint bench ui server sweep tune rerun clean clean-runs lock
+.PHONY: help venv train test test-fast lint bench ui server sweep tune rerun sync clean clean-runs lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ bench: $(STAMP) ## speed: the core vs NumPy, scikit-learn, PyTorch; start-up and
 	$(PY) -m bench $(ARGS)
 
 ui: $(STAMP) ## open the runs: the MLflow UI on http://127.0.0.1:5000 (HOST=, PORT= to change)
+	@# The store is created (or upgraded) under the lock every run takes, never by the UI
+	@# at the same moment as a run.
+	@$(PY) -m pipeline.tracking.store $(STORE)
 	@echo "MLflow UI: http://$(HOST):$(PORT)/#/experiments  (Ctrl-C stops it)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
 		--backend-store-uri $(STORE) --host $(HOST) --port $(PORT) --workers 1
@@ -61,6 +64,7 @@ tune: $(STAMP) ## an Optuna search (conf/hparams_search/mlp_optuna.yaml), one ML
 	$(PY) -m pipeline hparams_search=mlp_optuna $(ARGS)
 
 server: $(STAMP) ## an MLflow tracking server (sqlite backend, artifacts under mlartifacts/) on 127.0.0.1:5001
+	@$(PY) -m pipeline.tracking.store $(or $(BACKEND),sqlite:///$(ROOT)/mlflow-server.db)
 	@echo "MLflow server: http://$(HOST):$(SERVER_PORT)  runs: make train ARGS=tracking=server"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
 		--backend-store-uri $(or $(BACKEND),sqlite:///$(ROOT)/mlflow-server.db) \
@@ -70,6 +74,10 @@ server: $(STAMP) ## an MLflow tracking server (sqlite backend, artifacts under m
 rerun: $(STAMP) ## rerun a past run and check it reproduces bit for bit: make rerun RUN_ID=<id>
 	@test -n "$(RUN_ID)" || { echo "usage: make rerun RUN_ID=<mlflow run id>"; exit 2; }
 	$(PY) -m pipeline.rerun $(RUN_ID) $(ARGS)
+
+sync: $(STAMP) ## send a run's journal to the store: make sync DIR=<output or sweep folder> [ARGS="--uri URI"]
+	@test -n "$(DIR)" || { echo "usage: make sync DIR=<a run's or a sweep's output folder>"; exit 2; }
+	$(PY) -m pipeline.sync $(DIR) $(ARGS)
 
 clean-runs: $(STAMP) ## mark runs left RUNNING by a killed process (no heartbeat for 10 min) KILLED
 	$(PY) -m pipeline.clean_runs $(ARGS)

@@ -18,8 +18,7 @@ from omegaconf import DictConfig
 
 from pipeline import paths  # noqa: F401  (registers ${project_root:})
 from pipeline.errors import Terminated
-
-SWEEP_PARENT_ENV = "PIPELINE_SWEEP_PARENT_RUN_ID"
+from pipeline.sweep import JOURNAL_ENV, PARENT_ENV, in_sweep_worker
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -35,13 +34,27 @@ def main(cfg: DictConfig) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    result = run(
-        config,
-        output_dir=output_dir,
-        overrides=list(hydra_cfg.overrides.task),
-        hydra_dir=output_dir / str(hydra_cfg.output_subdir or ".hydra"),
-        parent_run_id=os.environ.get(SWEEP_PARENT_ENV) or None,
-    )
+    try:
+        result = run(
+            config,
+            output_dir=output_dir,
+            overrides=list(hydra_cfg.overrides.task),
+            hydra_dir=output_dir / str(hydra_cfg.output_subdir or ".hydra"),
+            parent_run_id=os.environ.get(PARENT_ENV) or None,
+            parent_journal_id=os.environ.get(JOURNAL_ENV) or None,
+        )
+    except KeyboardInterrupt as stop:
+        if in_sweep_worker():
+            # The sweep is stopping (pipeline.sweep._stop_sweep): the run ended KILLED; this
+            # worker must not take the next queued job.
+            import multiprocessing
+
+            for child in multiprocessing.active_children():  # a plot process, say
+                child.terminate()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(143 if isinstance(stop, Terminated) else 130)
+        raise
     print(format_summary(result), flush=True)
     return result.metrics.get(config.sweep.metric)  # what a sweeper (Optuna) optimises
 
@@ -66,14 +79,15 @@ def cli() -> None:
         main()
     except KeyboardInterrupt as stop:
         what = "terminated" if isinstance(stop, Terminated) else "interrupted"
-        print(f"\n{what}: the MLflow run was marked KILLED; checkpoints so far were kept",
-              file=sys.stderr)
+        print(f"\n{what}: the run was marked KILLED; its journal and checkpoints so far "
+              "were kept", file=sys.stderr)
         code = 143 if isinstance(stop, Terminated) else 130
     except SystemExit as done:  # Hydra exits 1 after reporting a failed job or a user error
         code = done.code if isinstance(done.code, int) else 1
     finally:
         # Hydra skips on_multirun_end when a job failed: close the sweep's parent run here.
-        if finish_open_sweep(aborted=code != 0) > 0 and code == 0:
+        failed = finish_open_sweep(aborted=code != 0, interrupted=code in (130, 143))
+        if failed != 0 and code == 0:
             code = 1
     # Nothing is left to collect that matters: everything is flushed, closed and logged.
     # Without this the interpreter's last garbage collection walks every object MLflow,

@@ -1,8 +1,9 @@
 """The files a run leaves behind, laid out as its MLflow artifacts.
 
-Everything is written into one folder (``<output_dir>/artifacts``) that the runner
-logs in one call: confusion matrix (JSON + PNG), predictions.csv, the per-epoch
-history, plots, the resolved config and Hydra's overrides, and the environment.
+Everything is written into one folder (``<output_dir>/artifacts``) that tracking
+logs in one call: confusion matrix (JSON + PNG), predictions.csv, plots, the resolved
+config and Hydra's overrides, and the environment. (The per-epoch history artifact is
+written by tracking, from the run's journal.)
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ def write_run_artifacts(
     folder: Path,
     *,
     evaluation: Evaluation,
-    history: Mapping[str, Sequence[float]],
     config_tree: Mapping[str, Any],
     overrides: Sequence[str],
     hydra_dir: Path | None,
@@ -51,9 +51,6 @@ def write_run_artifacts(
         folder / "confusion_matrix.json", json.dumps(evaluation.confusion.to_dict(), indent=2)
     )
     files["predictions"] = _write_csv(evaluation.predictions, folder / "predictions.csv")
-    history_frame = pd.DataFrame({k: list(v) for k, v in history.items()})
-    history_frame.insert(0, "epoch", np.arange(1, len(history_frame) + 1))
-    files["history"] = _write_csv(history_frame, folder / "history.csv")
     files["config"] = write_text_atomic(
         folder / "config.yaml", yaml.safe_dump(dict(config_tree), sort_keys=False)
     )

@@ -1,8 +1,9 @@
 """``python -m pipeline.clean_runs [--max-age-minutes M] [--uri URI]``.
 
 A process killed hard (SIGKILL, power loss) cannot end its MLflow run, which stays
-RUNNING. Runs refresh a heartbeat tag while they work; this marks every RUNNING run
-whose heartbeat is older than ``--max-age-minutes`` (default 10) as KILLED.
+RUNNING. Runs and sweep parents refresh a heartbeat tag every 15 s while their process
+lives; this marks every RUNNING run whose heartbeat is older than ``--max-age-minutes``
+(default 10) as KILLED. (Its journal can still be sent afterwards: ``make sync``.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-age-minutes", type=float, default=10.0)
     parser.add_argument("--uri", default=None, help="tracking URI (default: the project store)")
     args = parser.parse_args(argv)
-    from pipeline.tracking import mark_stale_runs
+    from pipeline.tracking.runs import mark_stale_runs
 
     try:
         killed = mark_stale_runs(args.uri, args.max_age_minutes * 60)

@@ -14,24 +14,26 @@ the usual reason for a difference in the last bits.
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from omegaconf import OmegaConf
 
 from pipeline.environment import canonical_name
 from pipeline.errors import PipelineError
+from pipeline.tracking.record import (
+    DIGEST_TAGS,
+    ENVIRONMENT_TAGS,
+    REPRODUCED_TAG,
+    REPRODUCES_TAG,
+    THREADS_TAG,
+)
 
-COMPARED_TAGS = ("data_digest", "data.train_digest", "data.test_digest", "checkpoint_sha256",
-                 "predictions_sha256")
-ENV_TAGS = ("python_version", "platform", "blas", "blas_threads", "git_commit", "git_dirty")
-
+if TYPE_CHECKING:
+    from pipeline.tracking.runs import Runs, RunView
 
 @dataclass
 class Difference:
@@ -44,13 +46,8 @@ class Difference:
         return f"{self.what} differs{self.where}: original {self.original!r}, rerun {self.rerun!r}"
 
 
-def _histories(client: Any, run: Any) -> dict[str, list[tuple[int, float]]]:
-    keys = sorted(k for k in run.data.metrics if not k.startswith("time_"))
-    histories = {}
-    for key in keys:
-        points = client.get_metric_history(run.info.run_id, key)
-        histories[key] = sorted((m.step, m.value) for m in points)
-    return histories
+def _histories(runs: Runs, run: RunView) -> dict[str, list[tuple[int, float]]]:
+    return runs.histories(run.run_id, sorted(k for k in run.metrics if not k.startswith("time_")))
 
 
 def _first_in(a: dict[str, list[tuple[int, float]]], b: dict[str, list[tuple[int, float]]]
@@ -71,13 +68,13 @@ def _first_in(a: dict[str, list[tuple[int, float]]], b: dict[str, list[tuple[int
     return earliest[1] if earliest else None
 
 
-def first_difference(client: Any, original: Any, rerun: Any) -> Difference | None:
+def first_difference(runs: Runs, original: RunView, rerun: RunView) -> Difference | None:
     """The first difference between two runs' results, or None when bit-identical.
 
     Order: the per-epoch histories (earliest epoch first), then the final metrics, then
     the data digests, the checkpoint and the predictions.
     """
-    a, b = _histories(client, original), _histories(client, rerun)
+    a, b = _histories(runs, original), _histories(runs, rerun)
     if sorted(a) != sorted(b):
         return Difference("the set of metrics", "", sorted(a), sorted(b))
     per_epoch = {k for k, points in a.items() if any(step > 0 for step, _ in points)}
@@ -85,8 +82,8 @@ def first_difference(client: Any, original: Any, rerun: Any) -> Difference | Non
         found = _first_in({k: a[k] for k in keys}, {k: b[k] for k in keys})
         if found is not None:
             return found
-    for tag in COMPARED_TAGS:
-        value_a, value_b = original.data.tags.get(tag), rerun.data.tags.get(tag)
+    for tag in DIGEST_TAGS:
+        value_a, value_b = original.tags.get(tag), rerun.tags.get(tag)
         if value_a != value_b:
             artifact = {"checkpoint_sha256": " (artifact checkpoints/final.json)",
                         "predictions_sha256": " (artifact predictions.csv)"}.get(tag, "")
@@ -94,22 +91,18 @@ def first_difference(client: Any, original: Any, rerun: Any) -> Difference | Non
     return None
 
 
-def environment_differences(client: Any, original: Any, current: Any) -> list[str]:
+def environment_differences(runs: Runs, original: RunView, current: RunView) -> list[str]:
     """Human-readable differences between two runs' recorded environments."""
     notes = []
-    for tag in ENV_TAGS:
-        value_a, value_b = original.data.tags.get(tag), current.data.tags.get(tag)
+    for tag in ENVIRONMENT_TAGS:
+        value_a, value_b = original.tags.get(tag), current.tags.get(tag)
         if value_a != value_b:
             notes.append(f"{tag}: {value_a} -> {value_b}")
-    packages = []
+    packages: list[dict[str, str] | None] = []
     for run in (original, current):
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                path = client.download_artifacts(run.info.run_id, "environment.json", tmp)
-                recorded = json.loads(Path(path).read_text()).get("packages", {})
-                packages.append({canonical_name(k): v for k, v in recorded.items()})
-            except Exception:
-                packages.append(None)
+        recorded = runs.read_json(run.run_id, "environment.json")
+        packages.append({canonical_name(k): v for k, v in recorded.get("packages", {}).items()}
+                        if isinstance(recorded, dict) else None)
     if packages[0] is not None and packages[1] is not None:
         for name in sorted(set(packages[0]) | set(packages[1])):
             old, new = packages[0].get(name), packages[1].get(name)
@@ -131,38 +124,31 @@ def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") 
 
 def rerun(run_id: str, overrides: list[str]) -> int:
     """Rerun ``run_id`` and compare; return the exit code (0: bit-identical)."""
-    from pipeline import tracking
     from pipeline.paths import PROJECT_ROOT
     from pipeline.runner import config_dict, run
     from pipeline.schema import validate
+    from pipeline.tracking.runs import Runs
 
     uri = next((o.split("=", 1)[1] for o in overrides if o.startswith("tracking.uri=")), None)
     changes = [o for o in overrides if not o.startswith("tracking.uri=")]
-    client = tracking.connect(uri)
-    try:
-        original = client.get_run(run_id)
-    except Exception:
+    runs = Runs(uri)
+    original = runs.get(run_id)
+    text = runs.read_text(run_id, "config.yaml")
+    if text is None:
         raise PipelineError(
-            f"run id {run_id!r} is not in the store {client.tracking_uri}; "
-            "copy the id from the MLflow UI or pass tracking.uri=<store>"
-        ) from None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            recorded = yaml.safe_load(
-                Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
-        except Exception:
-            raise PipelineError(
-                f"run {run_id} has no config.yaml artifact (a failed run, or not made by this "
-                "pipeline); only finished pipeline runs can be rerun"
-            ) from None
+            f"run {run_id} has no config.yaml artifact (a failed run, or not made by this "
+            "pipeline); only finished pipeline runs can be rerun"
+        )
+    recorded = yaml.safe_load(text)
     cfg = OmegaConf.create(recorded)
-    cfg.tracking.uri = client.tracking_uri
+    cfg.tracking.uri = runs.uri
+    cfg.tracking.mode = "online"  # compared with the original, in its store
     cfg.train.progress = "false"
     if changes:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(changes))
     config = validate(cfg)
     # A sweep job ran with its share of the cores; BLAS thread counts can change the last bits.
-    threads = original.data.tags.get("train_threads", "default")
+    threads = original.tags.get(THREADS_TAG, "default")
     if config.train.threads is None and threads.isdigit():
         config.train.threads = int(threads)
     changed = _config_changes(recorded, config_dict(config))
@@ -174,17 +160,18 @@ def rerun(run_id: str, overrides: list[str]) -> int:
     stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
     output_dir = PROJECT_ROOT / "outputs" / "reruns" / f"{stamp}-{run_id[:8]}"
     result = run(config, output_dir=output_dir, overrides=[f"rerun of {run_id}", *changes],
-                 extra_tags={"reproduces": run_id})
-    new = client.get_run(result.run_id)
-    for note in environment_differences(client, original, new):
+                 extra_tags={REPRODUCES_TAG: run_id})
+    assert result.run_id is not None  # online, see above
+    new = runs.get(result.run_id)
+    for note in environment_differences(runs, original, new):
         print(f"warning: environment differs: {note}")
-    difference = first_difference(client, original, new)
+    difference = first_difference(runs, original, new)
     print(f"rerun: MLflow run {result.run_id} ({result.url})")
     if difference is None:
-        client.set_tag(result.run_id, "reproduced", "bit for bit")
+        runs.set_tags(result.run_id, {REPRODUCED_TAG: "bit for bit"})
         print(f"reproduced bit for bit: run {result.run_id} equals run {run_id}")
         return 0
-    client.set_tag(result.run_id, "reproduced", f"no: {difference}"[:5000])
+    runs.set_tags(result.run_id, {REPRODUCED_TAG: f"no: {difference}"[:5000]})
     print(f"NOT reproduced: {difference}")
     return 1
 

@@ -1,9 +1,10 @@
-"""The pipeline run: stages in order, data handed over as Parquet, everything tracked.
+"""The pipeline run: stages in order, data handed over as Parquet, the result recorded.
 
 ``run(config, ...)`` is what ``python -m pipeline`` calls after validating the
-config; tests call it too. It starts the MLflow run first (so an unreachable store
-fails before any work), runs generate/load_csv -> split -> normalise (each cached
-by content) -> train -> evaluate, logs what the README promises, and ends the run
+config; tests call it too. It opens the run's record first (so an unreachable store
+fails before any work), runs generate/load_csv -> split -> normalise (each cached by
+content) -> train -> evaluate, and reports what it finds to tracking as plain values
+(:mod:`pipeline.tracking.record`), which journals and sends them. The run ends
 FINISHED, FAILED (with an ``error`` tag) or KILLED.
 """
 
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import artifacts, environment
 from pipeline.datastore import (
@@ -40,7 +41,15 @@ from pipeline.paths import DEFAULT_CACHE, resolve_path
 from pipeline.progress import ProgressBar
 from pipeline.schema import Config
 from pipeline.seeds import resolve_seeds
-from pipeline.tracking import RunTracker, run_url
+from pipeline.sweep import PARENT_ENV, in_sweep_worker
+from pipeline.tracking.record import (
+    DataSummary,
+    InputTable,
+    ModelFiles,
+    RunOutcome,
+    RunSpec,
+    TrainingPlan,
+)
 from stages.dataset import DataError, Dataset
 from stages.evaluate import Evaluation, evaluate
 from stages.generate import generate_rf
@@ -52,29 +61,24 @@ from stages.train import build_model, train_model
 log = logging.getLogger("pipeline")
 
 
+if TYPE_CHECKING:
+    from pipeline.tracking.recorder import Recorder
+
+
 @dataclass
 class RunResult:
-    run_id: str
-    experiment_id: str
-    url: str
+    """What ``run`` returns: where the run is recorded, its test metrics and files."""
+
+    run_id: str | None  # None for tracking.mode=offline (the journal holds the run)
+    experiment_id: str | None
+    url: str | None
     metrics: dict[str, float]
     confusion: dict[str, Any] = field(default_factory=dict)
     output_dir: Path | None = None
+    journal: Path | None = None
 
 
 # -- helpers ------------------------------------------------------------------------------
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are kept as values."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def config_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
@@ -109,20 +113,37 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` (main thread only)."""
+def _interrupts_raise() -> Iterator[None]:
+    """Within the block, SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated`
+    (main thread only), so the run can end KILLED.
+
+    In a sweep's worker process the sweep relays Ctrl-C as one SIGTERM: the terminal's own
+    SIGINT is ignored there, and so is any signal after the first, so that ending the run
+    is not cut short.
+    """
+    worker = in_sweep_worker()
+    received: list[int] = []
+
     def handler(signum: int, frame: Any) -> None:
-        raise Terminated(f"terminated by signal {signum}")
+        if received and worker:
+            return
+        received.append(signum)
+        if signum == signal.SIGTERM:
+            raise Terminated(f"terminated by signal {signum}")
+        raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, handler),
+                    signal.SIGINT: signal.signal(signal.SIGINT,
+                                                 signal.SIG_IGN if worker else handler)}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, previous_handler in previous.items():
+            signal.signal(signum, previous_handler)
 
 
 def _user_error(error: BaseException) -> str:
@@ -260,25 +281,30 @@ def run_data_stages(
     return DataStages(raw, splits, normalised, hits, source, sum(dropped) if dropped else None)
 
 
-# -- training -----------------------------------------------------------------------------
-def _resolve_checkpoint(spec: str, tracker: RunTracker, workdir: Path) -> Path:
-    """A checkpoint path, or the newest checkpoint logged by the MLflow run ``spec``."""
+# -- training ---------------------------------------------------------------------------
+def _start_model(config: Config, n_features: int, n_classes: int, seeds: Mapping[str, int],
+                 output_dir: Path) -> tuple[MLP, TrainingPlan]:
+    """A new model, or the one ``train.resume_from`` names (a checkpoint file, or the newest
+    checkpoint of a run), and the epochs training will run."""
+    spec = config.train.resume_from
+    if spec is None:
+        model = build_model(
+            n_features, n_classes, hidden_sizes=config.model.hidden_sizes,
+            activation=config.model.activations, output=config.model.output,
+            init=config.model.init, dtype=config.model.dtype, seed=seeds["init"],
+        )
+        return model, TrainingPlan(first=1, last=config.train.epochs)
     path = resolve_path(spec)
     if path.exists():
-        return path
-    try:
-        listing = tracker.client.list_artifacts(spec, "checkpoints")
-    except Exception:
-        listing = []
-    names = sorted(Path(item.path).name for item in listing if item.path.endswith(".json"))
-    if not names:
-        raise PipelineError(
-            f"train.resume_from: {spec!r} is neither a checkpoint file nor an MLflow run with "
-            "checkpoints; pass a path to a .json checkpoint or a run id"
-        )
-    # final.json when the run finished, else the highest epoch_NNNNN.json.
-    chosen = "final.json" if "final.json" in names else names[-1]
-    return Path(tracker.client.download_artifacts(spec, f"checkpoints/{chosen}", str(workdir)))
+        checkpoint, label = path, str(path)
+    else:
+        from pipeline.tracking.runs import fetch_checkpoint
+
+        checkpoint, label = fetch_checkpoint(config.tracking.uri, spec, output_dir / "resume")
+    model = MLP.load(checkpoint)
+    log.info("resuming from %s (epoch %d)", label, model.epoch)
+    return model, TrainingPlan(first=model.epoch + 1, last=config.train.epochs,
+                               resumed_from=spec, checkpoint=label)
 
 
 class _Checkpointer:
@@ -311,7 +337,7 @@ def _show_progress(setting: str) -> bool:
 
 
 def _in_sweep_job() -> bool:
-    return os.environ.get("PIPELINE_SWEEP_PARENT_RUN_ID") is not None
+    return os.environ.get(PARENT_ENV) is not None
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -322,91 +348,95 @@ def run(
     overrides: Sequence[str] = (),
     hydra_dir: Path | None = None,
     parent_run_id: str | None = None,
+    parent_journal_id: str | None = None,
     extra_tags: Mapping[str, str] | None = None,
 ) -> RunResult:
-    """Run every stage for ``config`` as one MLflow run; return its id and test metrics."""
+    """Run every stage for ``config`` as one recorded run; return where it is and its test
+    metrics."""
+    from pipeline.tracking.recorder import start_run
+
     output_dir.mkdir(parents=True, exist_ok=True)
     seeds = resolve_seeds(config.seed, {
         "data": getattr(config.data, "seed", None), "split": config.split.seed,
         "init": config.model.seed, "shuffle": config.train.shuffle_seed,
     })
-    tracker = RunTracker.start(
-        config.tracking.uri, config.tracking.experiment,
-        run_name=config.tracking.run_name or default_run_name(config),
-        tags={**config.tags, **(extra_tags or {})}, parent_run_id=parent_run_id,
+    spec = RunSpec(
+        name=config.tracking.run_name or default_run_name(config), config=config_dict(config),
+        seeds=seeds, config_digest=config_digest(config), environment=environment.describe(),
+        output_dir=output_dir, threads=_threads(config),
+        tags={**config.tags, **(extra_tags or {})},
     )
-    log.info("MLflow run %s in %s", tracker.run_id, tracker.client.tracking_uri)
-    try:
-        with _sigterm_raises():
-            result = _run_tracked(config, tracker, seeds, output_dir, overrides, hydra_dir)
-    except KeyboardInterrupt as stop:
-        _log_partial(tracker, output_dir)
-        reason = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted (SIGINT)"
-        tracker.end("KILLED", f"{reason}; metrics and checkpoints so far were kept")
-        raise
-    except (DataError, CheckpointError, PipelineError) as error:
-        tracker.end("FAILED", _user_error(error))
-        if isinstance(error, PipelineError):
+    checkpoints = output_dir / "checkpoints"
+    with _interrupts_raise():
+        recorder = start_run(
+            uri=config.tracking.uri, experiment=config.tracking.experiment, run_name=spec.name,
+            output_dir=output_dir, tags=spec.tags, parent_run_id=parent_run_id,
+            parent_journal_id=parent_journal_id, offline=config.tracking.mode == "offline",
+            max_points=config.tracking.max_points, log_model=config.tracking.log_model,
+        )
+        if recorder.run_id is not None:
+            log.info("MLflow run %s in %s", recorder.run_id, recorder.store and recorder.store.uri)
+        else:
+            log.info("offline run: journal %s", recorder.journal_path)
+        try:
+            recorder.describe(spec)
+            if spec.environment.get("git_dirty") == "true":
+                log.warning("the git tree is dirty: this run may not be reproducible from its "
+                            "commit")
+            outcome = execute(config, seeds, output_dir, overrides, hydra_dir, recorder,
+                              threads=spec.threads)
+            started = time.perf_counter()
+            recorder.finish(outcome)
+            log.info("stage %-9s %.3f s", "tracking", time.perf_counter() - started)
+        except KeyboardInterrupt as stop:
+            reason = ("terminated (SIGTERM)" if isinstance(stop, Terminated)
+                      else "interrupted (SIGINT)")
+            recorder.kill(f"{reason}; metrics and checkpoints so far were kept", checkpoints)
             raise
-        raise PipelineError(_user_error(error)) from error
-    except TrainingDiverged as error:
-        _log_partial(tracker, output_dir)
-        message = f"{_user_error(error)}; lower optimizer.lr or use train.clip=value/norm"
-        tracker.end("FAILED", message)
-        raise PipelineError(message) from error
-    except OSError as error:  # disk full, unwritable folder: the user's to fix
-        where = f"{error.filename}: " if error.filename else ""
-        message = (f"could not write {where}{error.strerror or error}; free disk space or point "
-                   "hydra.run.dir / pipeline.cache_dir at a writable folder")
-        tracker.end("FAILED", message)
-        raise PipelineError(message) from error
-    except BaseException as error:
-        tracker.end("FAILED", f"{type(error).__name__}: {_user_error(error)}")
-        raise
-    tracker.end("FINISHED")
-    return result
+        except (DataError, CheckpointError, PipelineError) as error:
+            recorder.fail(_user_error(error), checkpoints)
+            if isinstance(error, PipelineError):
+                raise
+            raise PipelineError(_user_error(error)) from error
+        except TrainingDiverged as error:
+            message = f"{_user_error(error)}; lower optimizer.lr or use train.clip=value/norm"
+            recorder.fail(message, checkpoints)
+            raise PipelineError(message) from error
+        except OSError as error:  # disk full, unwritable folder: the user's to fix
+            where = f"{error.filename}: " if error.filename else ""
+            message = (f"could not write {where}{error.strerror or error}; free disk space or "
+                       "point hydra.run.dir / pipeline.cache_dir at a writable folder")
+            recorder.fail(message, checkpoints)
+            raise PipelineError(message) from error
+        except BaseException as error:
+            recorder.fail(f"{type(error).__name__}: {_user_error(error)}", checkpoints)
+            raise
+    return RunResult(
+        run_id=recorder.run_id, experiment_id=recorder.experiment_id, url=recorder.url,
+        metrics=dict(outcome.metrics), confusion=dict(outcome.confusion),
+        output_dir=output_dir, journal=recorder.journal_path,
+    )
 
 
-def _log_partial(tracker: RunTracker, output_dir: Path) -> None:
-    """After a failure or interrupt, keep the checkpoints written so far."""
-    folder = output_dir / "checkpoints"
-    try:
-        if folder.is_dir() and any(folder.glob("*.json")):
-            tracker.log_artifacts(folder, "checkpoints")
-    except Exception:
-        pass
-
-
-def _run_tracked(
+def execute(
     config: Config,
-    tracker: RunTracker,
     seeds: Mapping[str, int],
     output_dir: Path,
     overrides: Sequence[str],
     hydra_dir: Path | None,
-) -> RunResult:
+    recorder: Recorder,
+    *,
+    threads: int | None,
+) -> RunOutcome:
+    """The stages, in order; ``recorder`` hears of the data, the plan and every epoch."""
     timings: dict[str, float] = {}
-    tree = config_dict(config)
-    digest = config_digest(config)
-    params = {k: v for k, v in flatten(tree).items() if not k.startswith("tracking.")}
-    params.update({f"seeds.{k}": v for k, v in seeds.items()})
-    tracker.log_params(params)
-    env = environment.describe()
-    threads = _threads(config)
-    tracker.set_tags({**env, "config_digest": digest, "output_dir": str(output_dir),
-                      "train_threads": str(threads) if threads else "default"})
-    if env.get("git_dirty") == "true":
-        log.warning("the git tree is dirty: this run may not be reproducible from its commit")
-
     data = run_data_stages(config, seeds, output_dir, timings)
     prepared = data.normalised
-    tracker.set_tags({
-        "data_digest": data.raw.digest(),
-        "data.train_digest": prepared.train.digest(),
-        "data.test_digest": prepared.test.digest(),
-        **{f"cache.{stage}": "hit" if hit else "miss" for stage, hit in data.cache_hits.items()},
-        **({"data.dropped_rows": str(data.dropped_rows)} if data.dropped_rows is not None else {}),
-    })
+    recorder.data_prepared(DataSummary(
+        data_digest=data.raw.digest(), train_digest=prepared.train.digest(),
+        test_digest=prepared.test.digest(), cache_hits=data.cache_hits,
+        dropped_rows=data.dropped_rows,
+    ))
     log.info("cache: %s", ", ".join(f"{s} {'hit' if h else 'miss'}"
                                      for s, h in data.cache_hits.items()))
 
@@ -418,25 +448,14 @@ def _run_tracked(
         "feature_names": list(prepared.train.feature_names),
         "label_name": prepared.train.label_name,
         "classes": list(prepared.train.classes),
-        "config_digest": digest,
+        "config_digest": config_digest(config),
         "seeds": dict(seeds),
     }
-
-    resume = config.train.resume_from is not None
-    if resume:
-        ckpt = _resolve_checkpoint(config.train.resume_from, tracker, output_dir / "resume")
-        model = MLP.load(ckpt)
-        tracker.set_tags({"resumed_from": str(config.train.resume_from)})
-    else:
-        model = build_model(
-            prepared.train.n_features, prepared.train.n_classes,
-            hidden_sizes=config.model.hidden_sizes, activation=config.model.activations,
-            output=config.model.output, init=config.model.init, dtype=config.model.dtype,
-            seed=seeds["init"],
-        )
+    model, plan = _start_model(config, prepared.train.n_features, prepared.train.n_classes,
+                               seeds, output_dir)
+    recorder.training_started(plan)
     callbacks: list[Callable[..., Any]] = [
-        lambda epoch, metrics, _model: tracker.log_epoch(epoch, metrics),
-        _Checkpointer(checkpoints, config.train.checkpoint_every, metadata),
+        recorder.log_epoch, _Checkpointer(checkpoints, config.train.checkpoint_every, metadata),
     ]
     progress = ProgressBar(config.train.epochs) if _show_progress(config.train.progress) else None
     if progress is not None:
@@ -452,7 +471,8 @@ def _run_tracked(
                 weight_decay=config.optimizer.weight_decay, clip=config.train.clip,
                 clip_value=config.train.clip_value,
                 early_stopping_patience=config.train.early_stopping_patience,
-                shuffle_seed=seeds["shuffle"], callbacks=callbacks, resume=resume,
+                shuffle_seed=seeds["shuffle"], callbacks=callbacks,
+                resume=plan.resumed_from is not None,
             )
     except ValueError as error:  # the core's input checks (e.g. a resumed model's shape)
         if isinstance(error, CheckpointError | DataError):
@@ -476,42 +496,28 @@ def _run_tracked(
         # already imported (~0.3 s of CPU each, which parallel jobs compete for).
         import pipeline.plots  # noqa: F401
     files = artifacts.write_run_artifacts(
-        artifact_dir, evaluation=evaluation, history=trained.history.metrics,
-        config_tree=tree, overrides=overrides, hydra_dir=hydra_dir,
+        artifact_dir, evaluation=evaluation, config_tree=config_dict(config),
+        overrides=overrides, hydra_dir=hydra_dir,
     )
     shutil.copytree(checkpoints, artifact_dir / "checkpoints", dirs_exist_ok=True)
-    with _timed(timings, "tracking"):
-        tracker.set_tags({
-            "checkpoint_sha256": digest_file(final_ckpt),
-            "predictions_sha256": digest_file(files["predictions"]),
-            "epochs_run": str(len(next(iter(trained.history.metrics.values()), []))),
-        })
-        tracker.log_inputs(
-            {"train": data.splits.train.to_frame(), "test": data.splits.test.to_frame()},
-            targets=data.raw.label_name,
-            digests={"train": data.splits.train.digest(), "test": data.splits.test.digest()},
-            source=data.source,
-        )
-        model_id = None
-        if config.tracking.log_model:  # before the epoch metrics (see serving.log_model)
-            from pipeline.serving import log_model
-
-            model_id = log_model(tracker, final_ckpt, data.raw.feature_names, data.raw.classes)
-        tracker.flush_in_background()  # the epoch metrics, while the plots finish
-        if plots is not None and not plots.wait():
-            log.warning("drawing the plots failed; the run is logged without them")
-        tracker.log_artifacts(artifact_dir)
-        tracker.log_metrics(evaluation.metrics, model_id=model_id,
-                            dataset=("test", data.splits.test.digest()[:36]))
-        tracker.log_metrics({f"time_{stage}_s": sec for stage, sec in timings.items()})
-    return RunResult(
-        run_id=tracker.run_id,
-        experiment_id=tracker.experiment_id,
-        url=run_url(tracker.client, tracker.experiment_id, tracker.run_id),
-        metrics=dict(evaluation.metrics),
+    history = trained.history
+    outcome = RunOutcome(
+        metrics=dict(evaluation.metrics), timings=dict(timings),
         confusion=evaluation.confusion.to_dict(),
-        output_dir=output_dir,
+        checkpoint_sha256=digest_file(final_ckpt),
+        predictions_sha256=digest_file(files["predictions"]),
+        epochs_run=len(history), last_epoch=history.epochs[-1] if history.epochs else None,
+        best_epoch=history.best_epoch, artifact_dir=artifact_dir,
+        inputs=[InputTable(context, split.to_frame(), split.digest(), data.raw.label_name,
+                           data.source)
+                for context, split in (("train", data.splits.train), ("test", data.splits.test))],
+        model=ModelFiles(final_ckpt, data.raw.feature_names, data.raw.classes),
     )
+    # The results go to the store while the plots are drawn; the artifact folder after.
+    recorder.record(outcome)
+    if plots is not None and not plots.wait():
+        log.warning("drawing the plots failed; the run is logged without them")
+    return outcome
 
 
 def format_summary(result: RunResult) -> str:
@@ -528,8 +534,12 @@ def format_summary(result: RunResult) -> str:
         lines.append(" " * (width + 2) + " ".join(f"{label:>{width}}" for label in labels))
         for label, row in zip(labels, matrix, strict=True):
             lines.append(f"  {label:>{width}}" + " ".join(f"{v:>{width}}" for v in row))
-    lines.append(f"MLflow run {result.run_id}")
-    lines.append(f"  open it: make ui, then {result.url}")
+    if result.run_id is not None:
+        lines.append(f"MLflow run {result.run_id}")
+        lines.append(f"  open it: make ui, then {result.url}")
+    else:
+        lines.append(f"Offline run: recorded in {result.journal}")
+        lines.append(f"  send it to the store: make sync DIR={result.output_dir}")
     if result.output_dir is not None:
         lines.append(f"  outputs: {result.output_dir}")
     return "\n".join(lines)

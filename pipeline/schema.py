@@ -262,10 +262,16 @@ class TrackingConfig:
     run_name: str | None = None
     log_model: bool = True
     plots: bool = True
+    mode: str = "online"
+    max_points: int | None = 5000
 
     def __post_init__(self) -> None:
         if not self.experiment.strip():
             _fail("tracking.experiment", self.experiment, "must be a non-empty name")
+        _check_choice("tracking.mode", self.mode, ("online", "offline"))
+        if self.max_points is not None and self.max_points < 10:
+            _fail("tracking.max_points", self.max_points, "must be an integer >= 10, or null "
+                  "to send every epoch to the store")
 
 
 METRICS = ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc",

@@ -9,20 +9,32 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from pipeline.tracking.store import Store
+
 CURVE_METRIC = "train_loss"
 
 
-def children_table(client: Any, experiment_id: str, parent_id: str) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Counts:
+    """How the children of a sweep ended."""
+
+    children: int
+    failed: int  # FAILED, or still RUNNING when the sweep ended
+    killed: int
+
+
+def children_table(store: Store, experiment_id: str, parent_id: str) -> pd.DataFrame:
     """One row per child run: run id, name, status, every param, every final metric."""
-    runs = client.search_runs(
+    runs = store.call("list the sweep's runs", lambda: store.client.search_runs(
         [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
         max_results=10000,
-    )
+    ))
     rows = []
     for run in runs:
         row: dict[str, Any] = {
@@ -109,7 +121,7 @@ def _plot_metric_vs_params(table: pd.DataFrame, params: list[str], metric: str,
     return paths
 
 
-def _plot_curves(client: Any, table: pd.DataFrame, params: list[str], folder: Path) -> Path:
+def _plot_curves(store: Store, table: pd.DataFrame, params: list[str], folder: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +129,8 @@ def _plot_curves(client: Any, table: pd.DataFrame, params: list[str], folder: Pa
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for _, row in table.iterrows():
-        history = client.get_metric_history(row["run_id"], CURVE_METRIC)
+        history = store.call("read a child's training curve", lambda r=row[
+            "run_id"]: store.client.get_metric_history(r, CURVE_METRIC))
         if not history:
             continue
         history = sorted(history, key=lambda m: m.step)
@@ -136,13 +149,17 @@ def _plot_curves(client: Any, table: pd.DataFrame, params: list[str], folder: Pa
     return path
 
 
-def summarise(client: Any, experiment_id: str, parent_id: str, metric: str, direction: str,
-              sweep_dir: Path) -> int:
-    """Write the summary onto the parent run; return how many children failed."""
-    table = children_table(client, experiment_id, parent_id)
-    n_failed = int((table["status"] != "FINISHED").sum()) if not table.empty else 0
-    tags = {"n_children": str(len(table)), "n_failed": str(n_failed), "sweep_metric": metric}
-    metrics = {"n_children": float(len(table)), "n_failed": float(n_failed)}
+def summarise(store: Store, experiment_id: str, parent_id: str, metric: str, direction: str,
+              *, plots: bool = True) -> Counts:
+    """Write the summary onto the parent run; return how its children ended."""
+    client = store.client
+    table = children_table(store, experiment_id, parent_id)
+    status = table["status"] if not table.empty else pd.Series(dtype=str)
+    counts = Counts(children=len(table), failed=int(status.isin(["FAILED", "RUNNING"]).sum()),
+                    killed=int((status == "KILLED").sum()))
+    tags = {"n_children": str(counts.children), "n_failed": str(counts.failed),
+            "n_killed": str(counts.killed), "sweep_metric": metric}
+    metrics = {"n_children": float(counts.children), "n_failed": float(counts.failed)}
     params = swept_params(table) if not table.empty else []
     best = best_child(table, metric, direction)
     if best is not None:
@@ -154,12 +171,12 @@ def summarise(client: Any, experiment_id: str, parent_id: str, metric: str, dire
                 metrics[f"best_{str(column).removeprefix('metric:')}"] = value
         for param in params:
             tags[f"best.{param.removeprefix('param:')}"] = str(best[param])
-    for key, value in tags.items():
-        client.set_tag(parent_id, key, value)
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
-    client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    store.call("write the sweep summary", lambda: client.log_batch(
+        parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+        tags=[RunTag(k, v[:8000]) for k, v in tags.items()]))
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "summary"
@@ -174,8 +191,9 @@ def summarise(client: Any, experiment_id: str, parent_id: str, metric: str, dire
         table.to_csv(folder / "children.csv", index=False)
         (folder / "children.md").write_text(_markdown(view))
         (folder / "children.html").write_text(view.to_html(index=False))
-        if not table.empty and f"metric:{metric}" in table:
+        if plots and not table.empty and f"metric:{metric}" in table:
             _plot_metric_vs_params(table, params, metric, folder)
-            _plot_curves(client, table, params, folder)
-        client.log_artifacts(parent_id, str(folder), "summary")
-    return n_failed
+            _plot_curves(store, table, params, folder)
+        store.call("log the sweep summary", lambda: client.log_artifacts(
+            parent_id, str(folder), "summary"))
+    return counts

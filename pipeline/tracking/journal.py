@@ -1,0 +1,185 @@
+"""A run's journal: everything it records, appended to a local file before any store sees it.
+
+One JSON object per line (JSON Lines), appended and flushed as the run goes, so a
+crash (SIGKILL, power loss) loses at most the last, partial line. The store is fed
+from the journal in the background, and ``python -m pipeline.sync`` replays a journal
+into any store later; every record is applied idempotently, so replaying twice
+changes nothing.
+
+Record kinds (the ``k`` field):
+
+* ``start``     the first line: journal id, store URI, experiment, run id (null when
+                offline), run name, parent run or parent journal, start time, tags;
+* ``params``    ``{"params": {name: value}}``;
+* ``tags``      ``{"tags": {name: value}}``;
+* ``plan``      ``{"first": e0, "last": e1, "max_points": m}``: the epochs training will
+                run and how many points per metric the store gets (null: all);
+* ``epochs``    ``{"keys": [...], "rows": [[step, time_ms, v1, ...], ...]}``: per-epoch
+                metrics, one row per epoch, every epoch;
+* ``metrics``   ``{"values": {...}, "step": s, "time_ms": t, "of_model": bool,
+                "dataset": [name, digest] | null}``: single-value metrics;
+* ``inputs``    ``{"datasets": [{name, digest, source_type, source, schema, profile,
+                context}]}``;
+* ``artifacts`` ``{"path": local file or folder, "dest": folder in the run | null}``;
+* ``model``     ``{"checkpoint": path, "features": [...], "classes": [...]}``;
+* ``end``       ``{"status": FINISHED | FAILED | KILLED, "error": text | null,
+                "time_ms": t, "last_epoch": e | null, "best_epoch": e | null}``.
+
+This module knows nothing of MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+JOURNAL_NAME = "journal.jsonl"
+
+
+class JournalError(ValueError):
+    """A journal that cannot be read (not a journal, a corrupt line, a newer format)."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_journal_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JournalWriter:
+    """Appends records to one journal file; safe to call from several threads.
+
+    ``append`` writes and flushes one line (the OS has it: a crash of this process
+    loses nothing written); ``sync`` also asks the disk to keep it (fsync).
+    """
+
+    def __init__(self, path: Path, start: Mapping[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _set_aside(path)
+        self.path = path
+        self._lock = threading.Lock()
+        # "x": a journal is never appended to by two runs.
+        self._file = open(path, "x", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self.append({"k": "start", "version": FORMAT_VERSION, **start})
+        self.sync()
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+
+    def append_many(self, records: list[Mapping[str, Any]]) -> None:
+        if not records:
+            return
+        text = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n"
+                       for r in records)
+        with self._lock:
+            self._file.write(text)
+            self._file.flush()
+
+    def sync(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+
+
+def _set_aside(path: Path) -> None:
+    """A folder reused by a second run keeps the first run's journal (and its sync state)
+    as ``journal-<journal id>.jsonl``: it may not have been sent yet."""
+    if not path.exists():
+        return
+    try:
+        old_id = json.loads(path.open(encoding="utf-8").readline())["journal_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        old_id = f"{int(time.time())}"
+    for suffix in ("", ".sent"):
+        old = path.with_name(path.name + suffix)
+        if old.exists():
+            old.rename(path.with_name(f"{path.stem}-{old_id}{path.suffix}{suffix}"))
+
+
+@dataclass(frozen=True)
+class Journal:
+    """A journal read back: its start record and the records after it, in order."""
+
+    path: Path
+    start: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    @property
+    def journal_id(self) -> str:
+        return str(self.start["journal_id"])
+
+    @property
+    def ended(self) -> dict[str, Any] | None:
+        """The ``end`` record, or None when the process died before writing one."""
+        return next((r for r in reversed(self.records) if r["k"] == "end"), None)
+
+    def of_kind(self, kind: str) -> Iterator[dict[str, Any]]:
+        return (r for r in self.records if r["k"] == kind)
+
+
+def read_journal(path: Path) -> Journal:
+    """Read a journal; a partial LAST line (a crash mid-write) is ignored.
+
+    Raises :class:`JournalError` with the path for anything else that is wrong.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise JournalError(f"{path}: not a journal (not UTF-8 text)") from None
+    lines = text.split("\n")
+    # A complete journal ends with "\n", so the last element is "" (or a partial line).
+    complete, tail = lines[:-1], lines[-1]
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(complete, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise JournalError(f"{path}: line {number} is not a JSON record") from None
+        if not isinstance(record, dict) or "k" not in record:
+            raise JournalError(f"{path}: line {number} is not a journal record")
+        records.append(record)
+    del tail  # an interrupted write: everything before it is intact
+    if not records or records[0]["k"] != "start":
+        raise JournalError(f"{path}: not a journal (no start record on its first line)")
+    start = records.pop(0)
+    if start.get("version", 0) > FORMAT_VERSION:
+        raise JournalError(f"{path}: journal format {start.get('version')} is newer than this "
+                           f"pipeline reads ({FORMAT_VERSION}); update the project")
+    return Journal(path=path, start=start, records=records)
+
+
+def find_journals(target: Path) -> list[Path]:
+    """The journal ``target`` names, or every journal in the folder ``target``, sweep parent
+    first (the shortest path), then the jobs in order."""
+    if target.is_file():
+        return [target]
+    if not target.is_dir():
+        return []
+    found = [p for p in target.rglob("journal*.jsonl") if p.is_file()]
+    return sorted(found, key=lambda p: (len(p.relative_to(target).parts), _natural(p)))
+
+
+def _natural(path: Path) -> list[Any]:
+    """Sort key that puts job 10 after job 9."""
+    return [int(part) if part.isdigit() else part for part in path.parts]

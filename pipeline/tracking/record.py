@@ -1,0 +1,211 @@
+"""What a run records, and under which names: the one place every param, tag and metric
+of a pipeline run is named.
+
+The runner describes a run with plain values (no MLflow here): a :class:`RunSpec`
+before any stage, a :class:`DataSummary` once the data stages ran, a
+:class:`TrainingPlan` when training starts, per-epoch metrics while it runs, and a
+:class:`RunOutcome` at the end. The functions below turn each into journal records
+(see :mod:`pipeline.tracking.journal`), which the shipper sends to the store.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.tracking.journal import now_ms
+
+HEARTBEAT_TAG = "pipeline.heartbeat"
+JOURNAL_ID_TAG = "pipeline.journal_id"
+JOURNAL_TAG = "pipeline.journal"
+SWEEP_TAG = "sweep"  # "parent" on a sweep's parent run
+PARENT_TAG = "mlflow.parentRunId"
+ERROR_TAG = "error"
+INCOMPLETE = "incomplete record: the journal holds the rest"  # the error tag, until synced
+RESUMED_FROM_TAG = "resumed_from"
+RESUMED_CHECKPOINT_TAG = "resumed_from_checkpoint"
+# Read back by reruns: the data, the result files and the environment.
+DIGEST_TAGS = ("data_digest", "data.train_digest", "data.test_digest", "checkpoint_sha256",
+               "predictions_sha256")
+ENVIRONMENT_TAGS = ("python_version", "platform", "blas", "blas_threads", "git_commit",
+                    "git_dirty")
+THREADS_TAG = "train_threads"
+REPRODUCES_TAG = "reproduces"
+REPRODUCED_TAG = "reproduced"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run before any stage: name, resolved config, seeds and what describes it."""
+
+    name: str
+    config: Mapping[str, Any]  # the resolved config as a tree of plain values
+    seeds: Mapping[str, int]
+    config_digest: str
+    environment: Mapping[str, str]  # pipeline.environment.describe()
+    output_dir: Path
+    threads: int | None
+    tags: Mapping[str, str] = field(default_factory=dict)  # the user's and the caller's
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """The data stages' results: digests (sha256 hex), cache hits, rows dropped."""
+
+    data_digest: str
+    train_digest: str
+    test_digest: str
+    cache_hits: Mapping[str, bool]
+    dropped_rows: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Training runs epochs ``first..last``; ``checkpoint`` is the file it resumed from."""
+
+    first: int
+    last: int
+    resumed_from: str | None = None  # train.resume_from as given (a path or a run id)
+    checkpoint: Path | None = None
+
+
+@dataclass(frozen=True)
+class InputTable:
+    """A table the run trained or tested on, as a run input (``context``: train or test)."""
+
+    context: str
+    frame: Any  # pandas.DataFrame: features, then the label as class indices
+    digest: str
+    targets: str
+    source: str | None  # the CSV's path; None for data generated in code
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    checkpoint: Path
+    features: Sequence[str]
+    classes: Sequence[str]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """A finished run: test metrics, stage times, result files and what to log."""
+
+    metrics: Mapping[str, float]
+    timings: Mapping[str, float]
+    confusion: Mapping[str, Any]
+    checkpoint_sha256: str
+    predictions_sha256: str
+    epochs_run: int
+    last_epoch: int | None
+    best_epoch: int | None
+    artifact_dir: Path
+    inputs: Sequence[InputTable]
+    model: ModelFiles | None
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are kept as values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def start_tags(spec: RunSpec) -> dict[str, str]:
+    """Tags the run is created with."""
+    return {str(k): str(v) for k, v in spec.tags.items()}
+
+
+def spec_records(spec: RunSpec) -> list[dict[str, Any]]:
+    """Params (the config flattened to dotted keys, tracking.* left out, and the seeds used)
+    and the tags that describe the run's environment."""
+    params = {k: v for k, v in flatten(spec.config).items() if not k.startswith("tracking.")}
+    params.update({f"seeds.{k}": v for k, v in spec.seeds.items()})
+    tags = {**spec.environment, "config_digest": spec.config_digest,
+            "output_dir": str(spec.output_dir),
+            THREADS_TAG: str(spec.threads) if spec.threads else "default"}
+    return [{"k": "params", "params": params}, {"k": "tags", "tags": tags}]
+
+
+def data_records(data: DataSummary) -> list[dict[str, Any]]:
+    tags = {"data_digest": data.data_digest, "data.train_digest": data.train_digest,
+            "data.test_digest": data.test_digest,
+            **{f"cache.{stage}": "hit" if hit else "miss"
+               for stage, hit in data.cache_hits.items()}}
+    if data.dropped_rows is not None:
+        tags["data.dropped_rows"] = str(data.dropped_rows)
+    return [{"k": "tags", "tags": tags}]
+
+
+def plan_records(plan: TrainingPlan, max_points: int | None) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = [{"k": "plan", "first": plan.first, "last": plan.last,
+                                      "max_points": max_points}]
+    if plan.resumed_from is not None:
+        records.append({"k": "tags", "tags": {
+            RESUMED_FROM_TAG: plan.resumed_from,
+            RESUMED_CHECKPOINT_TAG: str(plan.checkpoint or plan.resumed_from)}})
+    return records
+
+
+def _dataset(table: InputTable) -> dict[str, Any]:
+    """The MLflow dataset entity of one input table, as plain values."""
+    from mlflow.data.pandas_dataset import from_pandas
+
+    with warnings.catch_warnings():  # integer label columns are fine here
+        warnings.simplefilter("ignore", UserWarning)
+        entity = from_pandas(table.frame, source=table.source, targets=table.targets,
+                             name=table.context, digest=table.digest[:36])._to_mlflow_entity()
+    return {"name": entity.name, "digest": entity.digest, "source_type": entity.source_type,
+            "source": entity.source, "schema": entity.schema, "profile": entity.profile,
+            "context": table.context}
+
+
+def outcome_records(outcome: RunOutcome, *, log_model: bool) -> list[dict[str, Any]]:
+    """What a finished run adds but its files: result digests, inputs, the model, the test
+    metrics (also the model's, measured on the test input) and the stage times."""
+    stamp = now_ms()
+    tested_on = next((["test", t.digest[:36]] for t in outcome.inputs if t.context == "test"),
+                     None)
+    records: list[dict[str, Any]] = [
+        {"k": "tags", "tags": {"checkpoint_sha256": outcome.checkpoint_sha256,
+                               "predictions_sha256": outcome.predictions_sha256,
+                               "epochs_run": str(outcome.epochs_run)}},
+        {"k": "inputs", "datasets": [_dataset(table) for table in outcome.inputs]},
+    ]
+    if log_model and outcome.model is not None:
+        records.append({"k": "model", "checkpoint": str(outcome.model.checkpoint),
+                        "features": list(outcome.model.features),
+                        "classes": list(outcome.model.classes)})
+    records.append({"k": "metrics", "values": dict(outcome.metrics), "step": 0,
+                    "time_ms": stamp, "of_model": log_model and outcome.model is not None,
+                    "dataset": tested_on})
+    records.append({"k": "metrics", "values": {f"time_{stage}_s": seconds for stage, seconds
+                                               in outcome.timings.items()},
+                    "step": 0, "time_ms": stamp, "of_model": False, "dataset": None})
+    return records
+
+
+def artifact_records(outcome: RunOutcome) -> list[dict[str, Any]]:
+    """The run's artifact folder, logged at the run's root."""
+    return [{"k": "artifacts", "path": str(outcome.artifact_dir), "dest": None}]
+
+
+def partial_records(checkpoints: Path | None) -> list[dict[str, Any]]:
+    """What a failed or interrupted run keeps: the checkpoints written so far."""
+    if checkpoints is not None and checkpoints.is_dir() and any(checkpoints.glob("*.json")):
+        return [{"k": "artifacts", "path": str(checkpoints), "dest": "checkpoints"}]
+    return []
+
+
+def end_record(status: str, error: str | None, *, last_epoch: int | None = None,
+               best_epoch: int | None = None) -> dict[str, Any]:
+    return {"k": "end", "status": status, "error": error, "time_ms": now_ms(),
+            "last_epoch": last_epoch, "best_epoch": best_epoch}

@@ -1,0 +1,156 @@
+"""Reading runs back: what reruns, resumes, clean-up and links need, as plain values."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.tracking import record as names
+from pipeline.tracking.store import Store, open_store
+
+log = logging.getLogger("pipeline.tracking")
+
+CHECKPOINT_NAME = re.compile(r"epoch_(\d+)\.json")
+
+
+@dataclass(frozen=True)
+class RunView:
+    """One run as plain values."""
+
+    run_id: str
+    experiment_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+
+def run_url(store_uri: str, experiment_id: str, run_id: str) -> str:
+    """A link that opens the run in the UI's training view (not the GenAI overview)."""
+    base = store_uri.rstrip("/") if store_uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+class Runs:
+    """Reads from one store (the project's by default)."""
+
+    def __init__(self, uri: str | None) -> None:
+        self.store: Store = open_store(uri)
+
+    @property
+    def uri(self) -> str:
+        return self.store.uri
+
+    def get(self, run_id: str) -> RunView:
+        """The run ``run_id``; a :class:`PipelineError` naming the store if it is not there."""
+        try:
+            run = self.store.client.get_run(run_id)
+        except Exception:
+            raise PipelineError(
+                f"run id {run_id!r} is not in the store {self.uri}; "
+                "copy the id from the MLflow UI or pass tracking.uri=<store>"
+            ) from None
+        return RunView(run.info.run_id, run.info.experiment_id, run.info.run_name or "",
+                       run.info.status, dict(run.data.params), dict(run.data.tags),
+                       dict(run.data.metrics))
+
+    def histories(self, run_id: str, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+        """Each metric's logged points as (step, value), by step."""
+        client = self.store.client
+        return {key: sorted((m.step, m.value) for m in self.store.call(
+            "read a metric history", lambda k=key: client.get_metric_history(run_id, k)))
+            for key in keys}
+
+    def download(self, run_id: str, path: str, folder: Path) -> Path:
+        client = self.store.client
+        return Path(self.store.call(f"download {path}", lambda: client.download_artifacts(
+            run_id, path, str(folder))))
+
+    def read_text(self, run_id: str, path: str) -> str | None:
+        """An artifact's text, or None if the run has no such artifact."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return self.download(run_id, path, Path(tmp)).read_text()
+            except Exception:
+                return None
+
+    def read_json(self, run_id: str, path: str) -> Any:
+        text = self.read_text(run_id, path)
+        return None if text is None else json.loads(text)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        from pipeline.tracking.shipper import clean_tags
+
+        items = [RunTag(k, v) for k, v in clean_tags(tags).items()]
+        self.store.call("tag the run", lambda: self.store.client.log_batch(run_id, tags=items))
+
+    def url(self, run: RunView) -> str:
+        return run_url(self.uri, run.experiment_id, run.run_id)
+
+
+def newest_checkpoint(names_: list[str]) -> str | None:
+    """``final.json`` if there, else the ``epoch_N.json`` with the highest N (as a number:
+    ``epoch_257000.json`` after ``epoch_99000.json``)."""
+    if "final.json" in names_:
+        return "final.json"
+    numbered = [(int(m.group(1)), name) for name in names_
+                if (m := CHECKPOINT_NAME.fullmatch(name))]
+    return max(numbered)[1] if numbered else None
+
+
+def fetch_checkpoint(uri: str | None, run_id: str, folder: Path) -> tuple[Path, str]:
+    """Download the newest checkpoint of run ``run_id`` into ``folder``: its local path, and
+    where it came from (``runs:/<id>/checkpoints/<name>``)."""
+    runs = Runs(uri)
+    client = runs.store.client
+    try:
+        listing = client.list_artifacts(run_id, "checkpoints")
+    except Exception:
+        listing = []
+    chosen = newest_checkpoint([Path(item.path).name for item in listing])
+    if chosen is None:
+        raise PipelineError(
+            f"train.resume_from: {run_id!r} is neither a checkpoint file nor a run with "
+            f"checkpoints in {runs.uri}; pass a path to a .json checkpoint or a run id"
+        )
+    path = runs.download(run_id, f"checkpoints/{chosen}", folder)
+    return path, f"runs:/{run_id}/checkpoints/{chosen}"
+
+
+def mark_stale_runs(uri: str | None, max_age_s: float) -> list[str]:
+    """End as KILLED every RUNNING run whose heartbeat is older than ``max_age_s``.
+
+    A SIGKILLed process cannot end its own run; this is the clean-up for that. Live runs
+    and live sweep parents refresh their heartbeat every 15 s, so they are never touched.
+    """
+    from mlflow.entities import RunStatus
+
+    store = open_store(uri)
+    client = store.client
+    now = time.time()
+    killed = []
+    for experiment in store.call("list experiments", client.search_experiments):
+        runs = store.call("list running runs", lambda e=experiment: client.search_runs(
+            [e.experiment_id], filter_string="attributes.status = 'RUNNING'",
+            max_results=5000))
+        for run in runs:
+            beat = run.data.tags.get(names.HEARTBEAT_TAG)
+            last = float(beat) if beat else run.info.start_time / 1000
+            if now - last > max_age_s:
+                run_id = run.info.run_id
+                store.call("tag a stale run", lambda r=run_id: client.set_tag(
+                    r, names.ERROR_TAG, "stale: no heartbeat, marked KILLED"))
+                store.call("end a stale run", lambda r=run_id: client.set_terminated(
+                    r, status=RunStatus.to_string(RunStatus.KILLED)))
+                killed.append(run_id)
+    return killed

@@ -1,0 +1,217 @@
+"""Journal records into an MLflow run: every record applied idempotently, in few calls.
+
+A :class:`Shipper` serves one run in one store. The live run feeds it the records it
+journals (in a background thread); ``pipeline.sync`` feeds it a journal read back from
+disk. Either way the result is the same, and applying a record twice changes nothing:
+metrics that exist are skipped by the store, params and tags are rewritten with the
+same values, artifacts overwrite themselves, a model is logged only if the run has
+none, and the final status is set only if the run does not have it yet.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+
+from pipeline.tracking import record as names
+from pipeline.tracking.journal import Journal, JournalError, read_journal
+from pipeline.tracking.model import log_model, logged_model_id
+from pipeline.tracking.store import Store
+from pipeline.tracking.thinning import EVERY_EPOCH, Thinning
+
+MAX_METRICS_PER_CALL = 1000
+MAX_PARAMS_AND_TAGS_PER_CALL = 100
+MAX_PARAM_LENGTH = 6000
+MAX_TAG_LENGTH = 8000
+HISTORY_ARTIFACT = "history.csv"
+
+# Applied first: the model before the epoch metrics (MLflow reads every metric's history
+# when it logs a model), the final status last.
+_ORDER = {"start": 0, "params": 1, "tags": 1, "plan": 1, "inputs": 1, "model": 2,
+          "artifacts": 3, "epochs": 4, "metrics": 5, "end": 6}
+
+
+def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    return {str(k): str(v)[:MAX_TAG_LENGTH] for k, v in tags.items()}
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def history_table(journal: Journal) -> tuple[list[str], list[list[float]]]:
+    """Every epoch the journal holds: the metric names and the rows (epoch, time, values)."""
+    keys: list[str] = []
+    rows: list[list[float]] = []
+    for record in journal.of_kind("epochs"):
+        if keys and record["keys"] != keys:
+            raise JournalError(f"{journal.path}: the epoch metrics changed names "
+                               f"({keys} -> {record['keys']})")
+        keys = record["keys"]
+        rows += record["rows"]
+    return keys, rows
+
+
+def write_history_csv(journal: Journal, path: Path) -> Path | None:
+    """``epoch`` then one column per metric, one row per epoch (None: no epoch ran)."""
+    import pyarrow as pa
+    import pyarrow.csv
+
+    keys, rows = history_table(journal)
+    if not rows:
+        return None
+    columns = list(zip(*rows, strict=True))
+    table = pa.table({"epoch": pa.array(columns[0], pa.int64()),
+                      **{key: pa.array(values, pa.float64())
+                         for key, values in zip(keys, columns[2:], strict=True)}})
+    pyarrow.csv.write_csv(table, path, pyarrow.csv.WriteOptions(quoting_header="none"))
+    return path
+
+
+class Shipper:
+    """Applies journal records to run ``run_id`` of ``store``."""
+
+    def __init__(self, store: Store, run_id: str, experiment_id: str, journal: Path) -> None:
+        self.store, self.run_id, self.experiment_id = store, run_id, experiment_id
+        self.journal = journal  # the history artifact is written from it at the end
+        self.client = store.client
+        self.thinning: Thinning = EVERY_EPOCH
+        self._keys: list[str] = []
+        self.model_id: str | None = None
+        self.budget_s = 60.0  # how long one store call may retry
+        self._best: tuple[float, list[float]] | None = None  # (val_loss, row)
+        self._last_row: list[float] | None = None
+
+    def _call(self, what: str, action: Any) -> Any:
+        return self.store.call(what, action, budget_s=self.budget_s)
+
+    # -- the one entry point ----------------------------------------------------------
+    def apply(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Apply ``records`` (in journal order) with as few store calls as they allow."""
+        ordered = sorted(records, key=lambda r: _ORDER.get(str(r["k"]), 3))
+        params: dict[str, str] = {}
+        tags: dict[str, str] = {}
+        metrics: list[Metric] = []
+        for record in ordered:
+            kind = record["k"]
+            if kind == "params":
+                params.update({k: str(v)[:MAX_PARAM_LENGTH] for k, v in record["params"].items()})
+            elif kind == "tags":
+                tags.update(clean_tags(record["tags"]))
+            elif kind == "plan":
+                self.thinning = Thinning.plan(record["first"], record["last"],
+                                              record["max_points"])
+            elif kind == "epochs":
+                metrics += self._epoch_metrics(record["keys"], record["rows"])
+            elif kind == "metrics":
+                metrics += self._single_metrics(record)
+            elif kind in ("inputs", "model", "artifacts", "end"):
+                # Everything before them goes first: a model copies the run's params, the
+                # end waits for every metric.
+                self._log(params, tags, metrics)
+                params, tags, metrics = {}, {}, []
+                getattr(self, f"_apply_{kind}")(record)
+        self._log(params, tags, metrics)
+
+    # -- metrics ----------------------------------------------------------------------
+    def _epoch_metrics(self, keys: list[str], rows: list[list[float]]) -> list[Metric]:
+        self._keys = keys
+        if rows:
+            self._last_row = rows[-1]
+        if "val_loss" in keys:  # the best epoch: the first with the lowest val_loss
+            column = keys.index("val_loss") + 2
+            for row in rows:
+                if math.isfinite(row[column]) and (self._best is None
+                                                    or row[column] < self._best[0]):
+                    self._best = (row[column], row)
+        first, stride = self.thinning.first, self.thinning.stride
+        chosen = rows if stride == 1 else [r for r in rows if (r[0] - first) % stride == 0]
+        return self._rows_to_metrics(keys, chosen)
+
+    def _rows_to_metrics(self, keys: Sequence[str], rows: Iterable[Sequence[float]]
+                         ) -> list[Metric]:
+        metrics = []
+        for row in rows:
+            step, stamp = int(row[0]), int(row[1])
+            metrics += [Metric(key, float(value), stamp, step)
+                        for key, value in zip(keys, row[2:], strict=True)]
+        return metrics
+
+    def _single_metrics(self, record: Mapping[str, Any]) -> list[Metric]:
+        name, digest = record.get("dataset") or (None, None)
+        model_id = self.model_id if record.get("of_model") else None
+        return [Metric(key, float(value), int(record["time_ms"]), int(record.get("step", 0)),
+                       model_id=model_id, dataset_name=name, dataset_digest=digest)
+                for key, value in record["values"].items()]
+
+    def _log(self, params: Mapping[str, str], tags: Mapping[str, str],
+             metrics: Sequence[Metric]) -> None:
+        run_id, client = self.run_id, self.client
+        entries: list[Param | RunTag] = [Param(k, v) for k, v in params.items()]
+        entries += [RunTag(k, v) for k, v in tags.items()]
+        for chunk in _chunks(entries, MAX_PARAMS_AND_TAGS_PER_CALL):
+            batch_params = [e for e in chunk if isinstance(e, Param)]
+            batch_tags = [e for e in chunk if isinstance(e, RunTag)]
+            self._call("log params and tags", lambda p=batch_params, t=batch_tags:
+                            client.log_batch(run_id, params=p, tags=t))
+        for chunk in _chunks(metrics, MAX_METRICS_PER_CALL):
+            self._call("log metrics", lambda c=chunk: client.log_batch(run_id,
+                                                                            metrics=list(c)))
+
+    # -- the other records ------------------------------------------------------------
+    def _apply_inputs(self, record: Mapping[str, Any]) -> None:
+        inputs = []
+        for item in record["datasets"]:
+            dataset = Dataset(name=item["name"], digest=item["digest"],
+                              source_type=item["source_type"], source=item["source"],
+                              schema=item.get("schema"), profile=item.get("profile"))
+            tag = InputTag(key="mlflow.data.context", value=item["context"])
+            inputs.append(DatasetInput(dataset=dataset, tags=[tag]))
+        # Two jobs logging the same dataset at once: the loser's retry finds the winner's.
+        self._call("log the input datasets",
+                        lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+
+    def _apply_model(self, record: Mapping[str, Any]) -> None:
+        existing = logged_model_id(self.store, self.experiment_id, self.run_id,
+                                   budget_s=self.budget_s)
+        self.model_id = existing or log_model(
+            self.store, self.experiment_id, self.run_id, Path(record["checkpoint"]),
+            record["features"], record["classes"], budget_s=self.budget_s)
+
+    def _apply_artifacts(self, record: Mapping[str, Any]) -> None:
+        path, dest = Path(record["path"]), record.get("dest")
+        if path.is_dir():
+            self._call(f"log the artifacts in {path}", lambda: self.client.log_artifacts(
+                self.run_id, str(path), dest))
+        elif path.is_file():
+            self._call(f"log the artifact {path}", lambda: self.client.log_artifact(
+                self.run_id, str(path), dest))
+        # A path that is gone (a cleaned outputs folder) has nothing left to send.
+
+    def _apply_end(self, record: Mapping[str, Any]) -> None:
+        """The last and best epochs (kept by every thinning), the history artifact, the
+        status."""
+        extra = {int(row[0]): row for row in (self._last_row, self._best and self._best[1])
+                 if row is not None and not self.thinning.keeps(int(row[0]))}
+        self._log({}, {}, self._rows_to_metrics(self._keys, extra.values()))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_history_csv(read_journal(self.journal), Path(tmp) / HISTORY_ARTIFACT)
+            if path is not None:
+                self._call("log the history artifact",
+                           lambda: self.client.log_artifact(self.run_id, str(path)))
+        status, error = str(record["status"]), record.get("error")
+        if error:
+            self._log({}, {names.ERROR_TAG: str(error)}, [])
+        run = self._call("read the run", lambda: self.client.get_run(self.run_id))
+        if not error and run.data.tags.get(names.ERROR_TAG, "").startswith(names.INCOMPLETE):
+            self._call("clear the run's error", lambda: self.client.delete_tag(
+                self.run_id, names.ERROR_TAG))
+        if run.info.status != status or run.info.end_time is None:
+            self._call(f"end the run {status}", lambda: self.client.set_terminated(
+                self.run_id, status=status, end_time=int(record["time_ms"])))
