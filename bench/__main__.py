@@ -1,6 +1,6 @@
 """``python -m bench [--quick] [--only PART ...] [--threads N] [--no-memory]``.
 
-Parts: W1 W2 W3 scaling (the core), startup sweep (the pipeline end to end).
+Parts: W1 W2 W3 scaling (the core), startup sweep longrun (the pipeline end to end).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from bench.run import RESULTS_DIR, Plan, run_benchmark
 from bench.scaling import ScalingPlan
 from bench.workloads import standard_workloads
 
-PARTS = ("W1", "W2", "W3", "scaling", "startup", "sweep")
+PARTS = ("W1", "W2", "W3", "scaling", "startup", "sweep", "longrun")
 QUICK_SCALING = ScalingPlan(rows=(10**2, 10**3, 10**4, 10**5), widths=(8, 32, 128, 256),
                             width_rows=5_000, target_flops=3e8, max_epochs=30,
                             memory_keys=("core",))
@@ -27,8 +27,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Speed of the NumPy MLP core against a textbook NumPy loop, scikit-learn "
-                    "and PyTorch; the pipeline's start-up and a sweep's parallel speed-up. "
-                    "Results: stdout and bench/results/.")
+                    "and PyTorch; the pipeline's start-up, a sweep's parallel speed-up and "
+                    "a long run's tracking cost. Results: stdout and bench/results/.")
     parser.add_argument("--quick", action="store_true",
                         help="shorter runs and a smaller scaling study (about a minute)")
     parser.add_argument("--only", nargs="+", choices=PARTS, metavar="PART",
@@ -58,6 +58,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     return Plan(workloads=workloads, contender_keys=tuple(args.contenders),
                 startup_repeats=(3 if args.quick else 5) if "startup" in parts else 0,
                 sweeps=sweeps,
+                long_run_epochs=(50_000 if args.quick else 200_000) if "longrun" in parts else 0,
                 threads=args.threads, memory=not args.no_memory,
                 verify_epochs=300 if args.quick else 500, scaling=scaling, out_dir=args.out,
                 mode="quick" if args.quick else "full")

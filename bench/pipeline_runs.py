@@ -137,34 +137,41 @@ def measure_startup(repeats: int = 5, folder: Path | None = None) -> StartupResu
 
 
 def train_stage_seconds(folder: Path, repeats: int) -> tuple[float, float]:
-    """The default config's train stage without and with the runner's per-epoch tracking
-    callback (a real RunTracker on a sqlite store), medians of ``repeats`` interleaved pairs.
-
-    The buffered metrics are written after training (their cost belongs to the tracking
-    stage, which overlaps the plots); this measures what tracking adds *during* training.
-    """
+    """The default config's train stage without and with tracking (a live recorder on a
+    sqlite store: the per-epoch callback, the journal and the shipper thread), medians of
+    ``repeats`` interleaved pairs: what tracking adds *during* training."""
     code = f"""
 import statistics, time
-from pipeline.tracking import RunTracker
+from pathlib import Path
+from pipeline.tracking.recorder import start_run
+from pipeline.tracking.record import TrainingPlan
 from stages.generate import generate_rf
 from stages.normalise import normalise
 from stages.split import split_dataset
 from stages.train import build_model, train_model
 train = normalise(split_dataset(generate_rf(n_samples=1000, seed=0), seed=0)).train
-tracker = RunTracker.start("sqlite:///{folder / 'mlflow.db'}", "bench-tracking",
-                           run_name="tracking-overhead")
-def once(callbacks):
+def once(tracked, index):
     model = build_model(train.n_features, train.n_classes, hidden_sizes=[12], seed=0)
+    callbacks, recorder = [], None
+    if tracked:
+        recorder = start_run(uri="sqlite:///{folder / 'mlflow.db'}", experiment="bench-tracking",
+                             run_name="tracking-overhead", output_dir=Path("{folder}") /
+                             f"overhead{{index}}", tags={{}}, parent_run_id=None,
+                             parent_journal_id=None, offline=False, max_points=5000,
+                             log_model=False)
+        recorder.training_started(TrainingPlan(1, 3000))
+        callbacks = [recorder.log_epoch]
     start = time.perf_counter()
     train_model(model, train, None, learning_rate=0.003, epochs=3000, callbacks=callbacks)
-    return time.perf_counter() - start
-once([])
+    seconds = time.perf_counter() - start
+    if recorder is not None:
+        recorder.end("FINISHED", None)
+    return seconds
+once(False, -1)
 plain, tracked = [], []
-for _ in range({repeats}):
-    plain.append(once([]))
-    tracked.append(once([lambda epoch, metrics, _m: tracker.log_epoch(epoch, metrics)]))
-    tracker._pending.clear()  # keep the store small: only the buffering is timed
-tracker.end("FINISHED")
+for index in range({repeats}):
+    plain.append(once(False, index))
+    tracked.append(once(True, index))
 print(statistics.median(plain), statistics.median(tracked))
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=_env(),

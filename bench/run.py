@@ -61,6 +61,7 @@ class Plan:
     matmul_target: float = 0.1  # seconds each bare-matmul repeat lasts
     startup_repeats: int = 0  # 0: skip the end-to-end start-up measurement
     sweeps: tuple[SweepCase, ...] = ()
+    long_run_epochs: int = 0  # 0: skip the long run's tracking cost
 
 
 def log(message: str) -> None:
@@ -156,6 +157,11 @@ def run_benchmark(plan: Plan, say: Callable[[str], None] = log) -> tuple[str, st
     end_to_end = None
     if plan.startup_repeats or plan.sweeps:  # fresh processes: the user's own thread counts
         end_to_end = run_pipeline_benchmarks(plan.sweeps, plan.startup_repeats, say)
+    if plan.long_run_epochs:
+        from bench.long_run import long_run_markdown, measure_long_run
+
+        long_run = long_run_markdown(measure_long_run(say, plan.long_run_epochs))
+        end_to_end = long_run if end_to_end is None else f"{end_to_end}\n{long_run}"
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     text = compose(plan, machine, results, notes, correctness, time.perf_counter() - start,
                    end_to_end)

@@ -10,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.mlp import MLP
 from pipeline.paths import PROJECT_ROOT
+from pipeline.tracking.journal import read_journal
 
 pytestmark = pytest.mark.slow
 
@@ -213,16 +215,27 @@ def test_signal_mid_training_ends_the_run_killed(tmp_path, store, sig, code) -> 
         sent = time.monotonic()
         process.send_signal(sig)
         process.wait(timeout=60)
-        assert time.monotonic() - sent < 30
+        stopped_after = time.monotonic() - sent
     finally:
         process.kill()
     _, stderr = process.communicate()
     assert process.returncode == code, stderr[-2000:]
     assert "Traceback" not in stderr
+    assert stopped_after < 5, stopped_after
     run = only_run(store)
     assert run.info.status == "KILLED"
-    history = MlflowClient(store).get_metric_history(run.info.run_id, "train_loss")
-    assert len(history) >= 4000  # metrics up to the interrupt were flushed
+    # The journal holds every epoch up to the interrupt, and says how the run ended.
+    journal = read_journal(tmp_path / "out" / "journal.jsonl")
+    steps = journal.epochs()[1][:, 0].astype(int).tolist()
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 4000
+    assert journal.ended is not None and journal.ended["status"] == "KILLED"
+    # The store: the thinned points (2,000,000 planned epochs -> a stride of 401), the last
+    # epoch, and every epoch in history.csv.
+    client = MlflowClient(store)
+    history = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+    assert history[0] == 1 and history[-1] == steps[-1] and history[1] - history[0] == 401
+    local = Path(client.download_artifacts(run.info.run_id, "history.csv", str(tmp_path)))
+    assert pd.read_csv(local)["epoch"].tolist() == steps
     newest = max((tmp_path / "out" / "checkpoints").glob("epoch_*.json"))
     assert MLP.load(newest).epoch >= 4000
     assert not list((tmp_path / "out" / "checkpoints").glob(".*tmp"))

@@ -14,8 +14,10 @@ Record kinds (the ``k`` field):
 * ``tags``      ``{"tags": {name: value}}``;
 * ``plan``      ``{"first": e0, "last": e1, "max_points": m}``: the epochs training will
                 run and how many points per metric the store gets (null: all);
-* ``epochs``    ``{"keys": [...], "rows": [[step, time_ms, v1, ...], ...]}``: per-epoch
-                metrics, one row per epoch, every epoch;
+* ``epochs``    ``{"keys": [...], "n": rows, "f64le": base64}``: per-epoch metrics, every
+                epoch: ``n`` rows of ``[step, time_ms, *values]`` as little-endian
+                float64, row after row (exact, and ~10x cheaper to write than JSON
+                numbers; :func:`epoch_rows` reads them);
 * ``metrics``   ``{"values": {...}, "step": s, "time_ms": t, "of_model": bool,
                 "dataset": [name, digest] | null}``: single-value metrics;
 * ``inputs``    ``{"datasets": [{name, digest, source_type, source, schema, profile,
@@ -30,8 +32,10 @@ This module knows nothing of MLflow.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -40,12 +44,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 FORMAT_VERSION = 1
 JOURNAL_NAME = "journal.jsonl"
 
 
 class JournalError(ValueError):
     """A journal that cannot be read (not a journal, a corrupt line, a newer format)."""
+
+
+def epochs_record(keys: list[str], rows: Any, n: int) -> dict[str, Any]:
+    """An ``epochs`` record of ``n`` rows; ``rows``: the flat float64 values (an
+    ``array('d')``: step, time_ms, then one value per key, row after row)."""
+    data = rows.tobytes() if sys.byteorder == "little" else np.asarray(
+        rows, dtype="<f8").tobytes()
+    return {"k": "epochs", "keys": keys, "n": n, "f64le": base64.b64encode(data).decode()}
+
+
+def epoch_rows(record: Mapping[str, Any]) -> np.ndarray:
+    """An ``epochs`` record's rows: (n, 2 + len(keys)) float64; column 0 the step, 1 the
+    time in ms."""
+    flat = np.frombuffer(base64.b64decode(record["f64le"]), dtype="<f8")
+    width = 2 + len(record["keys"])
+    if flat.size != record["n"] * width:
+        raise JournalError(f"an epochs record holds {flat.size} values, not {record['n']} "
+                           f"rows of {width}")
+    return flat.reshape(record["n"], width)
 
 
 def now_ms() -> int:
@@ -136,6 +161,19 @@ class Journal:
 
     def of_kind(self, kind: str) -> Iterator[dict[str, Any]]:
         return (r for r in self.records if r["k"] == kind)
+
+    def epochs(self) -> tuple[list[str], np.ndarray]:
+        """Every epoch recorded: the metric names and the rows, (n, 2 + len(keys)): step,
+        time in ms, one column per metric."""
+        keys: list[str] = []
+        blocks = []
+        for record in self.of_kind("epochs"):
+            if keys and record["keys"] != keys:
+                raise JournalError(f"{self.path}: the epoch metrics changed names "
+                                   f"({keys} -> {record['keys']})")
+            keys = record["keys"]
+            blocks.append(epoch_rows(record))
+        return keys, np.concatenate(blocks) if blocks else np.empty((0, 2))
 
 
 def read_journal(path: Path) -> Journal:

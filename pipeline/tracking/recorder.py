@@ -20,13 +20,20 @@ import json
 import logging
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.tracking import record as names
-from pipeline.tracking.journal import JOURNAL_NAME, JournalWriter, new_journal_id, now_ms
+from pipeline.tracking.journal import (
+    JOURNAL_NAME,
+    JournalWriter,
+    epochs_record,
+    new_journal_id,
+    now_ms,
+)
 from pipeline.tracking.shipper import Shipper
 from pipeline.tracking.store import Store, StoreError
 
@@ -176,14 +183,22 @@ class Recorder:
         count = len(self._epochs)
         if not count:
             return
-        items = [self._epochs.popleft() for _ in range(count)]
+        pop = self._epochs.popleft
         records: list[dict[str, Any]] = []
         keys: list[str] = []
-        for step, stamp, metrics in items:
-            if list(metrics) != keys:
-                keys = list(metrics)
-                records.append({"k": "epochs", "keys": keys, "rows": []})
-            records[-1]["rows"].append([step, int(stamp * 1000), *metrics.values()])
+        flat: array[float] = array("d")
+        rows = 0
+        for _ in range(count):
+            step, stamp, metrics = pop()
+            if list(metrics) != keys:  # (a new set of metrics: a new record)
+                if rows:
+                    records.append(epochs_record(keys, flat, rows))
+                keys, flat, rows = list(metrics), array("d"), 0
+            flat.append(step)
+            flat.append(int(stamp * 1000))
+            flat.extend(metrics.values())
+            rows += 1
+        records.append(epochs_record(keys, flat, rows))
         self.journal.append_many(records)
         self._unshipped.extend(records)
 

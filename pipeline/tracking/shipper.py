@@ -10,16 +10,16 @@ none, and the final status is set only if the run does not have it yet.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from pipeline.tracking import record as names
-from pipeline.tracking.journal import Journal, JournalError, read_journal
+from pipeline.tracking.journal import Journal, epoch_rows, read_journal
 from pipeline.tracking.model import log_model, logged_model_id
 from pipeline.tracking.store import Store
 from pipeline.tracking.thinning import EVERY_EPOCH, Thinning
@@ -45,31 +45,16 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[start:start + size]
 
 
-def history_table(journal: Journal) -> tuple[list[str], list[list[float]]]:
-    """Every epoch the journal holds: the metric names and the rows (epoch, time, values)."""
-    keys: list[str] = []
-    rows: list[list[float]] = []
-    for record in journal.of_kind("epochs"):
-        if keys and record["keys"] != keys:
-            raise JournalError(f"{journal.path}: the epoch metrics changed names "
-                               f"({keys} -> {record['keys']})")
-        keys = record["keys"]
-        rows += record["rows"]
-    return keys, rows
-
-
 def write_history_csv(journal: Journal, path: Path) -> Path | None:
     """``epoch`` then one column per metric, one row per epoch (None: no epoch ran)."""
     import pyarrow as pa
     import pyarrow.csv
 
-    keys, rows = history_table(journal)
-    if not rows:
+    keys, rows = journal.epochs()
+    if not len(rows):
         return None
-    columns = list(zip(*rows, strict=True))
-    table = pa.table({"epoch": pa.array(columns[0], pa.int64()),
-                      **{key: pa.array(values, pa.float64())
-                         for key, values in zip(keys, columns[2:], strict=True)}})
+    table = pa.table({"epoch": rows[:, 0].astype(np.int64),
+                      **{key: rows[:, i + 2] for i, key in enumerate(keys)}})
     pyarrow.csv.write_csv(table, path, pyarrow.csv.WriteOptions(quoting_header="none"))
     return path
 
@@ -85,8 +70,8 @@ class Shipper:
         self._keys: list[str] = []
         self.model_id: str | None = None
         self.budget_s = 60.0  # how long one store call may retry
-        self._best: tuple[float, list[float]] | None = None  # (val_loss, row)
-        self._last_row: list[float] | None = None
+        self._best: tuple[float, np.ndarray] | None = None  # (val_loss, row)
+        self._last_row: np.ndarray | None = None
 
     def _call(self, what: str, action: Any) -> Any:
         return self.store.call(what, action, budget_s=self.budget_s)
@@ -108,7 +93,7 @@ class Shipper:
                 self.thinning = Thinning.plan(record["first"], record["last"],
                                               record["max_points"])
             elif kind == "epochs":
-                metrics += self._epoch_metrics(record["keys"], record["rows"])
+                metrics += self._epoch_metrics(record)
             elif kind == "metrics":
                 metrics += self._single_metrics(record)
             elif kind in ("inputs", "model", "artifacts", "end"):
@@ -120,27 +105,29 @@ class Shipper:
         self._log(params, tags, metrics)
 
     # -- metrics ----------------------------------------------------------------------
-    def _epoch_metrics(self, keys: list[str], rows: list[list[float]]) -> list[Metric]:
+    def _epoch_metrics(self, record: Mapping[str, Any]) -> list[Metric]:
+        keys, rows = list(record["keys"]), epoch_rows(record)
         self._keys = keys
-        if rows:
-            self._last_row = rows[-1]
+        if not len(rows):
+            return []
+        self._last_row = rows[-1]
         if "val_loss" in keys:  # the best epoch: the first with the lowest val_loss
-            column = keys.index("val_loss") + 2
-            for row in rows:
-                if math.isfinite(row[column]) and (self._best is None
-                                                    or row[column] < self._best[0]):
-                    self._best = (row[column], row)
+            column = rows[:, keys.index("val_loss") + 2]
+            finite = np.where(np.isfinite(column), column, np.inf)
+            best = int(np.argmin(finite))
+            if np.isfinite(finite[best]) and (self._best is None or finite[best] < self._best[0]):
+                self._best = (float(finite[best]), rows[best])
         first, stride = self.thinning.first, self.thinning.stride
-        chosen = rows if stride == 1 else [r for r in rows if (r[0] - first) % stride == 0]
+        chosen = rows if stride == 1 else rows[(rows[:, 0] - first) % stride == 0]
         return self._rows_to_metrics(keys, chosen)
 
     def _rows_to_metrics(self, keys: Sequence[str], rows: Iterable[Sequence[float]]
                          ) -> list[Metric]:
         metrics = []
         for row in rows:
-            step, stamp = int(row[0]), int(row[1])
-            metrics += [Metric(key, float(value), stamp, step)
-                        for key, value in zip(keys, row[2:], strict=True)]
+            step, stamp, *values = (row.tolist() if isinstance(row, np.ndarray) else row)
+            metrics += [Metric(key, value, int(stamp), int(step))
+                        for key, value in zip(keys, values, strict=True)]
         return metrics
 
     def _single_metrics(self, record: Mapping[str, Any]) -> list[Metric]:
