@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -67,6 +69,84 @@ def start_mlflow_server(backend: str, workdir: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         _stop(process)
+
+
+class MlflowServer:
+    """``mlflow server`` on one fixed loopback port with a given backend and artifact folder,
+    which can be stopped (a lost server) and started again on the same port.
+
+    A context manager: ``with MlflowServer(backend, artifacts, workdir) as server`` starts it
+    and stops it on the way out, also when the test fails. The server runs in its own
+    process group, so stopping it also stops the uvicorn process it starts.
+    """
+
+    def __init__(self, backend: str, artifacts: Path, workdir: Path,
+                 port: int | None = None) -> None:
+        self.backend, self.artifacts, self.workdir = backend, artifacts, workdir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen | None = None
+        self._starts = 0
+
+    def start(self, timeout: float = 120) -> str:
+        """Start it (if it is not running) and wait for /health; return its URL."""
+        if self._process is not None and self._process.poll() is None:
+            return self.url
+        self._starts += 1
+        log = self.workdir / f"mlflow-server-{self.port}-{self._starts}.log"
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+               "MLFLOW_DISABLE_TELEMETRY": "true"}
+        with open(log, "w") as out:
+            self._process = subprocess.Popen(
+                [str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend,
+                 "--artifacts-destination", str(self.artifacts), "--serve-artifacts",
+                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+                start_new_session=True,
+            )
+        try:
+            _wait_http(f"{self.url}/health", self._process, timeout, log)
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def stop(self, *, kill: bool = False, timeout: float = 20) -> None:
+        """Stop it: SIGTERM (SIGKILL with ``kill``, or after ``timeout`` s) to its process
+        group; return once the port no longer answers."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            _signal_group(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(process.pid, signal.SIGKILL)
+                process.wait()
+        _signal_group(process.pid, signal.SIGKILL)  # a child left behind by the CLI
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    pass
+            except OSError:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.url} still answers after the server was stopped")
+
+    def __enter__(self) -> MlflowServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    """Signal the process group a server started with ``start_new_session`` leads."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
 
 
 def _postgres_bin() -> Path | None:

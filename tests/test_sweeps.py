@@ -112,8 +112,9 @@ def tracking_server(request, tmp_path_factory) -> Iterator[str]:
 
 
 def test_sweep_against_a_tracking_server(tmp_path, tracking_server) -> None:
+    """Four jobs at once against a real server (a new store behind it): none lost."""
     done = multirun(tmp_path, tracking_server, *GRID, "hydra/launcher=joblib",
-                    "hydra.launcher.n_jobs=2")
+                    "hydra.launcher.n_jobs=4")
     assert done.returncode == 0, done.stderr[-3000:]
     check_complete_sweep(tracking_server, 4)
 

@@ -133,7 +133,8 @@ def _set_aside(path: Path) -> None:
     if not path.exists():
         return
     try:
-        old_id = json.loads(path.open(encoding="utf-8").readline())["journal_id"]
+        with path.open(encoding="utf-8") as old_journal:
+            old_id = str(json.loads(old_journal.readline())["journal_id"])
     except (OSError, ValueError, KeyError, TypeError):
         old_id = f"{int(time.time())}"
     for suffix in ("", ".sent"):
@@ -201,9 +202,15 @@ def read_journal(path: Path) -> Journal:
     if not records or records[0]["k"] != "start":
         raise JournalError(f"{path}: not a journal (no start record on its first line)")
     start = records.pop(0)
-    if start.get("version", 0) > FORMAT_VERSION:
-        raise JournalError(f"{path}: journal format {start.get('version')} is newer than this "
+    version = start.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise JournalError(f"{path}: the start record has no format version")
+    if version > FORMAT_VERSION:
+        raise JournalError(f"{path}: journal format {version} is newer than this "
                            f"pipeline reads ({FORMAT_VERSION}); update the project")
+    missing = [key for key in ("journal_id", "uri", "experiment", "time_ms") if key not in start]
+    if missing:
+        raise JournalError(f"{path}: the start record lacks {', '.join(missing)}")
     return Journal(path=path, start=start, records=records)
 
 
@@ -218,6 +225,6 @@ def find_journals(target: Path) -> list[Path]:
     return sorted(found, key=lambda p: (len(p.relative_to(target).parts), _natural(p)))
 
 
-def _natural(path: Path) -> list[Any]:
-    """Sort key that puts job 10 after job 9."""
-    return [int(part) if part.isdigit() else part for part in path.parts]
+def _natural(path: Path) -> list[tuple[int, int | str]]:
+    """Sort key that puts job 10 after job 9 (numbers before names at any level)."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in path.parts]

@@ -43,8 +43,10 @@ from pipeline.errors import TrackingError
 from pipeline.paths import DEFAULT_STORE
 
 log = logging.getLogger("pipeline.tracking")
-# urllib3 logs every HTTP retry as a warning; a failing store is reported once, by us.
+# urllib3 logs every HTTP retry, and MLflow every database error with its traceback; a
+# failing store is reported once, in one line, by this package.
 logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 T = TypeVar("T")
 
 TRANSIENT = ("database is locked", "database table is locked", "connection refused",
@@ -175,6 +177,26 @@ def _repair_interrupted_migration(db: Path) -> None:
         con.commit()
 
 
+def _create_sqlite_store(db: Path) -> None:
+    """Create a new store's schema in a temporary file beside ``db``, then rename it into
+    place: a process killed mid-way leaves no half-made store (MLflow migrates a new file in
+    place, ~70 steps, and a store cut short there stays broken)."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    for stale in db.parent.glob(f".{db.name}.*.new"):  # left by a killed creation
+        stale.unlink(missing_ok=True)
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.new")
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+    try:
+        _initialize_tables(engine)
+        engine.dispose()
+        os.replace(tmp, db)
+    finally:
+        engine.dispose()
+        tmp.unlink(missing_ok=True)
+
+
 def _open_client(uri: str) -> MlflowClient:
     """A client whose store object exists (creating it migrates a new database)."""
     client = MlflowClient(tracking_uri=uri)
@@ -232,7 +254,9 @@ def open_store(uri: str | None, *, budget_s: float = 30.0) -> Store:
     db = sqlite_path(resolved)
     try:
         with _schema_lock(resolved):
-            if db is not None:
+            if db is not None and (not db.exists() or db.stat().st_size == 0):
+                _create_sqlite_store(db)
+            elif db is not None:
                 _repair_interrupted_migration(db)
             try:
                 client = _open_client(resolved)
