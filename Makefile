@@ -82,7 +82,9 @@ sync: $(STAMP) ## send a run's journal to the store: make sync DIR=<output or sw
 clean-runs: $(STAMP) ## mark runs left RUNNING by a killed process (no heartbeat for 10 min) KILLED
 	$(PY) -m pipeline.clean_runs $(ARGS)
 
-clean: ## remove outputs, sweeps and the stage cache (keeps the MLflow store and .venv)
+clean: ## remove outputs, sweeps and the stage cache (keeps the store; stops if a run exists only in its journal: FORCE=1)
+	@if [ -z "$(FORCE)" ] && [ -x $(PY) ]; then \
+		$(PY) -m pipeline.sync --unsent $(ROOT)/outputs $(ROOT)/multirun || exit 1; fi
 	rm -rf $(ROOT)/outputs $(ROOT)/multirun $(ROOT)/.cache
 
 lock: $(STAMP) ## rewrite requirements.lock from the current .venv

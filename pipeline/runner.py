@@ -375,7 +375,7 @@ def run(
             max_points=config.tracking.max_points, log_model=config.tracking.log_model,
         )
         if recorder.run_id is not None:
-            log.info("MLflow run %s in %s", recorder.run_id, recorder.store and recorder.store.uri)
+            log.info("MLflow run %s in %s", recorder.run_id, recorder.store_uri)
         else:
             log.info("offline run: journal %s", recorder.journal_path)
         try:

@@ -169,11 +169,12 @@ def _start_joblib_workers(config: DictConfig) -> threading.Thread | None:
 
 def _import_job_modules() -> int:
     """Import what every job runs (MLflow and its SQL store, the runner); return the pid."""
-    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-
     import pipeline.plots  # forked plot processes inherit matplotlib
     import pipeline.runner
     import pipeline.tracking.shipper  # noqa: F401
+    from pipeline.tracking.store import import_sql_store
+
+    import_sql_store()
 
     # The launcher waits for its workers to exit: spare them the interpreter's last
     # collection over every MLflow object (~0.5 s; see pipeline.__main__.cli).

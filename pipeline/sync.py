@@ -19,15 +19,20 @@ from pipeline.errors import PipelineError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.sync", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", type=Path, help="a run's or a sweep's output folder, or a "
-                        "journal.jsonl")
+    parser.add_argument("target", type=Path, nargs="+", help="a run's or a sweep's output "
+                        "folder, or a journal.jsonl (with --unsent: folders to look in)")
     parser.add_argument("--uri", default=None, help="send to this tracking URI instead of the "
                         "journal's own store")
+    parser.add_argument("--unsent", action="store_true", help="send nothing: list the journals "
+                        "never sent completely, exit 1 if there is any (make clean asks this)")
     args = parser.parse_args(argv)
+    targets = [target.expanduser().absolute() for target in args.target]
+    if args.unsent:
+        return _report_unsent(targets)
     from pipeline.tracking.sync import sync
 
     try:
-        results = sync(args.target.expanduser().absolute(), args.uri)
+        results = [sent for target in targets for sent in sync(target, args.uri)]
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -36,6 +41,18 @@ def main(argv: list[str] | None = None) -> int:
                 "sent to a new run" if sent.created else "sent")
         print(f"{what}: {sent.journal} -> run {sent.run_id} ({sent.status}) in {sent.uri}")
     return 0
+
+
+def _report_unsent(targets: list[Path]) -> int:
+    from pipeline.tracking.sync import unsent
+
+    found = unsent(targets)
+    for path in found:
+        print(f"not sent: {path.parent}", file=sys.stderr)
+    if found:
+        print(f"{len(found)} run(s) exist only in their journals; send them first "
+              "(make sync DIR=<folder>), or delete anyway with FORCE=1", file=sys.stderr)
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

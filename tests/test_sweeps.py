@@ -174,3 +174,95 @@ def test_joblib_workers_are_warm_before_the_first_job() -> None:
         assert loaded == [True] * 6
     finally:
         get_reusable_executor().shutdown(wait=True)
+
+
+def _live_processes(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still running (a zombie waiting to be reaped has ended)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def _group(pgid: int) -> list[int]:
+    """Every process in process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+@pytest.mark.parametrize(("how", "code"), [("ctrl-c", 130), ("sigterm", 143)])
+def test_interrupting_a_parallel_sweep_stops_it_cleanly(tmp_path, store, how, code) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM to the
+    launching process: running jobs end KILLED with complete journals, queued jobs never
+    start, the parent ends KILLED with the counts, and no process outlives the sweep. While
+    the sweep runs, its parent's heartbeat keeps `make clean-runs` away from it."""
+    import json
+    import signal
+    import time
+
+    from pipeline.tracking.journal import read_journal
+
+    command = [sys.executable, "-m", "pipeline", "-m", "optimizer.lr=0.01,0.1",
+               "model.hidden_sizes=[4],[8]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+               f"tracking.uri={store}", "train.epochs=2000000", "train.checkpoint_every=0",
+               "tracking.plots=false", "tracking.log_model=false", "train.progress=false",
+               f"pipeline.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        journals = [tmp_path / "sweep" / str(i) / "journal.jsonl" for i in (0, 1)]
+        deadline = time.monotonic() + 180
+        while not all(j.exists() and j.stat().st_size > 2000 for j in journals):
+            assert process.poll() is None and time.monotonic() < deadline, "no job started"
+            time.sleep(0.2)
+        # The parent's first heartbeat is its start; it is refreshed every 15 s.
+        time.sleep(17)
+        fresh = subprocess.run([sys.executable, "-m", "pipeline.clean_runs", "--uri", store,
+                                "--max-age-minutes", "0.25"], capture_output=True, text=True,
+                               cwd=PROJECT_ROOT, env=env)
+        assert "0 stale run(s)" in fresh.stdout, fresh.stdout + fresh.stderr
+        if how == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == code, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    time.sleep(0.5)
+    assert not _live_processes(_group(process.pid)), "a process outlived the sweep"
+
+    client = MlflowClient(store)
+    parent, children = sweep_runs(store)
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["n_children"] == "2" and parent.data.tags["n_killed"] == "2"
+    assert len(children) == 2  # the two queued jobs never started
+    assert not (tmp_path / "sweep" / "2").exists() and not (tmp_path / "sweep" / "3").exists()
+    for child in children:
+        assert child.info.status == "KILLED"
+        journal = read_journal(Path(child.data.tags["pipeline.journal"]))
+        assert journal.ended is not None and journal.ended["status"] == "KILLED"
+        steps = journal.epochs()[1][:, 0].astype(int).tolist()
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) > 1000
+        history = [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")]
+        assert max(history) == steps[-1]  # the last epoch reached the store
+        assert "history.csv" in {a.path for a in client.list_artifacts(child.info.run_id)}
+    summary = json.dumps(parent.data.tags)
+    assert "interrupted" in summary

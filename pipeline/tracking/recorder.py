@@ -121,6 +121,11 @@ class Recorder:
         return self.journal.path
 
     @property
+    def store_uri(self) -> str | None:
+        """The store the run goes to (None offline)."""
+        return self.store.uri if self.store is not None else None
+
+    @property
     def url(self) -> str | None:
         """The run's page in the MLflow UI (None offline)."""
         from pipeline.tracking.runs import run_url

@@ -242,6 +242,11 @@ class Store:
             delay = min(delay * 2, 2.0)
 
 
+def import_sql_store() -> None:
+    """Import MLflow's SQL store ahead of time (a sweep's workers do, while they wait)."""
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+
 def open_store(uri: str | None, *, budget_s: float = 30.0) -> Store:
     """Point MLflow at ``uri`` (default: the project's store) and check that it answers.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.tracking import record as names
 from pipeline.tracking.journal import JOURNAL_NAME, JournalWriter, new_journal_id, now_ms
-from pipeline.tracking.recorder import Heartbeat, context_tags, sync_command
+from pipeline.tracking.recorder import Heartbeat, context_tags, sync_command, write_sync_state
 from pipeline.tracking.runs import run_url
 from pipeline.tracking.store import Store, StoreError, experiment_id, open_store, store_uri
 from pipeline.tracking.summary import Counts, summarise
@@ -87,14 +87,20 @@ class SweepParent:
             self.journal.append(names.end_record(status, error))
             self.journal.close()
         if self.store is not None and self.run_id is not None:
-            end_parent(self.store, self.run_id, status, error)
+            ended = end_parent(self.store, self.run_id, status, error)
+            if ended and counts is not None:  # the parent is whole in the store
+                with contextlib.suppress(OSError):
+                    write_sync_state(self.journal.path, {"uri": self.store.uri,
+                                                         "run_id": self.run_id,
+                                                         "complete": True})
         where = f" ({self.url})" if self.url else ""
         log.info("sweep parent run %s %s%s", self.run_id or "(offline)", status, where)
         return counts
 
 
-def end_parent(store: Store, run_id: str, status: str, error: str | None) -> None:
-    """Set the parent's final status (and error); a store that fails is only logged."""
+def end_parent(store: Store, run_id: str, status: str, error: str | None) -> bool:
+    """Set the parent's final status (and error); False (and a log line) if the store
+    failed."""
     from mlflow.entities import RunTag
 
     try:
@@ -105,3 +111,5 @@ def end_parent(store: Store, run_id: str, status: str, error: str | None) -> Non
             run_id, status=status), budget_s=10.0)
     except StoreError as problem:
         log.warning("%s", problem)
+        return False
+    return True

@@ -173,6 +173,12 @@ def _exists(store: Store, run_id: str) -> bool:
     return True
 
 
+def unsent(targets: list[Path]) -> list[Path]:
+    """The journals under ``targets`` that were never sent completely to their store."""
+    return [path for target in targets for path in find_journals(target)
+            if not _state(path).get("complete")]
+
+
 def sync(target: Path, uri: str | None = None) -> list[Sent]:
     """Send the journal ``target`` names, or every journal in the folder ``target``
     (a run's output folder, or a sweep's: the parent first, its jobs under it)."""
