@@ -100,7 +100,7 @@ print(json.dumps({{"plain": statistics.median(plain),
 """
 
 
-def measure_training(work: Path, epochs: int = EPOCHS, repeats: int = 2) -> dict[str, float]:
+def measure_training(work: Path, epochs: int = EPOCHS, repeats: int = 3) -> dict[str, float]:
     """The train stage without and with a live recorder, medians of interleaved pairs."""
     code = _TRAINING.format(epochs=epochs, repeats=repeats, work=str(work))
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=_env(),

@@ -1,9 +1,11 @@
 """A live run: journal first, the store in the background, a heartbeat, a final status.
 
-The training loop only appends each epoch's metrics to an in-memory queue (~1 µs).
-A background thread moves the queue into the journal twice a second and ships the
-journal's new records to the store every few seconds (the store gets at most
-``max_points`` points per metric, see :mod:`pipeline.tracking.thinning`). When the
+The training loop only appends each epoch's metrics to an in-memory float buffer. A
+background thread moves the buffer into the journal twice a second and ships the
+journal's new records to the store every 15 s, or less often when sending them would
+take more than a small share of the time: MLflow's writes are Python work that holds
+the GIL the training loop needs (the store gets at most ``max_points`` points per
+metric, see :mod:`pipeline.tracking.thinning`). When the
 store stops answering, the run goes on: the thread says so once, keeps journaling,
 and tries the store again now and then. At the end the rest is shipped; if the store
 still fails, the run ends with one line naming the journal and the command that sends it.
@@ -21,7 +23,6 @@ import logging
 import threading
 import time
 from array import array
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ from pipeline.tracking.store import Store, StoreError
 log = logging.getLogger("pipeline.tracking")
 
 JOURNAL_INTERVAL_S = 0.5  # epochs reach the journal at least this often
-SHIP_INTERVAL_S = 3.0  # new records reach the store at least this often
+SHIP_INTERVAL_S = 15.0  # new records reach the store at least this often...
+LIVE_SHARE = 0.03  # ... unless sending them would take more than this share of the time
 FSYNC_INTERVAL_S = 5.0
 RETRY_INTERVAL_S = 20.0  # a store that failed is tried again after this
 HEARTBEAT_INTERVAL_S = 15.0
@@ -99,7 +101,13 @@ class Recorder:
         self.journal = journal
         self.store, self.run_id, self.experiment_id = store, run_id, experiment_id
         self.max_points, self.log_model = max_points, log_model
-        self._epochs: deque[tuple[int, float, Mapping[str, float]]] = deque()
+        # Epochs not yet journaled: flat float64 rows [step, time_ms, *values] of the metric
+        # names in _keys (no Python object per epoch: nothing for the GC to walk).
+        self._epoch_lock = threading.Lock()
+        self._keys: list[str] = []
+        self._buffer: array[float] = array("d")
+        self._buffered = 0
+        self._filled: list[dict[str, Any]] = []  # records closed when the names changed
         self._order = threading.Lock()  # journal order = the order records were made
         self._shipping = threading.Lock()  # one batch in flight at a time
         self._alive = _hold_while_alive(journal.path)
@@ -145,9 +153,22 @@ class Recorder:
         self.add(names.plan_records(plan, self.max_points))
 
     def log_epoch(self, step: int, metrics: Mapping[str, float], _model: Any = None) -> None:
-        """One epoch's metrics (the training loop's hot path: a deque append). The signature
-        is a training callback's: ``(epoch, metrics, model)``."""
-        self._epochs.append((step, time.time(), metrics))
+        """One epoch's metrics (the training loop's hot path: three appends to a float
+        buffer). The signature is a training callback's: ``(epoch, metrics, model)``."""
+        with self._epoch_lock:
+            if len(metrics) != len(self._keys) or list(metrics) != self._keys:
+                self._start_keys(list(metrics))
+            buffer = self._buffer
+            buffer.append(step)
+            buffer.append(time.time() * 1000.0)
+            buffer.extend(metrics.values())
+            self._buffered += 1
+
+    def _start_keys(self, keys: list[str]) -> None:
+        """New metric names: close the rows so far into a record (caller holds the lock)."""
+        if self._buffered:
+            self._filled.append(epochs_record(self._keys, self._buffer, self._buffered))
+        self._keys, self._buffer, self._buffered = keys, array("d"), 0
 
     def record(self, outcome: names.RunOutcome) -> None:
         """Journal the outcome's results and start sending them (its files wait for
@@ -184,32 +205,20 @@ class Recorder:
             self._unshipped.extend(records)
 
     def _drain_epochs(self) -> None:
-        """Move queued epochs into the journal as ``epochs`` records (caller holds _order)."""
-        count = len(self._epochs)
-        if not count:
-            return
-        pop = self._epochs.popleft
-        records: list[dict[str, Any]] = []
-        keys: list[str] = []
-        flat: array[float] = array("d")
-        rows = 0
-        for _ in range(count):
-            step, stamp, metrics = pop()
-            if list(metrics) != keys:  # (a new set of metrics: a new record)
-                if rows:
-                    records.append(epochs_record(keys, flat, rows))
-                keys, flat, rows = list(metrics), array("d"), 0
-            flat.append(step)
-            flat.append(int(stamp * 1000))
-            flat.extend(metrics.values())
-            rows += 1
-        records.append(epochs_record(keys, flat, rows))
-        self.journal.append_many(records)
-        self._unshipped.extend(records)
+        """Move buffered epochs into the journal as ``epochs`` records (caller holds _order)."""
+        with self._epoch_lock:
+            records, self._filled = self._filled, []
+            if self._buffered:
+                records.append(epochs_record(self._keys, self._buffer, self._buffered))
+                self._buffer, self._buffered = array("d"), 0
+        if records:
+            self.journal.append_many(records)
+            self._unshipped.extend(records)
 
     # -- the background thread ----------------------------------------------------------
     def _loop(self) -> None:
         last_ship = last_sync = time.monotonic()
+        ship_every = SHIP_INTERVAL_S
         while True:
             kicked = self._kick.wait(JOURNAL_INTERVAL_S)
             if self._stop.is_set():
@@ -221,20 +230,26 @@ class Recorder:
                 if now - last_sync >= FSYNC_INTERVAL_S:
                     self.journal.sync()
                     last_sync = now
-                if kicked or now - last_ship >= SHIP_INTERVAL_S:
+                if kicked or now - last_ship >= ship_every:
                     self._kick.clear()
                     self._ship(LIVE_BUDGET_S)
                     last_ship = time.monotonic()
+                    # MLflow's writes are Python work that holds the GIL the training loop
+                    # needs: while training runs they get a small share of the time, and
+                    # what is left goes when the run ends.
+                    ship_every = max(SHIP_INTERVAL_S, (last_ship - now) / LIVE_SHARE)
             except OSError as error:  # the journal's disk: the end of the run reports it
                 self._failure = self._failure or StoreError(
                     f"tracking: cannot write the journal {self.journal.path}: "
                     f"{error.strerror or error}")
                 return
 
-    def _ship(self, budget_s: float, *, wait_s: float | None = None) -> bool:
+    def _ship(self, budget_s: float, *, wait_s: float | None = None,
+              within_s: float | None = None) -> bool:
         """Send what is unshipped; True when nothing is left. Reports a failure once.
 
-        ``wait_s``: how long to wait for a batch the background thread has in flight.
+        ``budget_s``: how long one store call may retry; ``wait_s``: how long to wait for a
+        batch the background thread has in flight; ``within_s``: no call starts after that.
         """
         if self._shipper is None:
             return not self._unshipped
@@ -248,6 +263,7 @@ class Recorder:
             if not batch:
                 return True
             self._shipper.budget_s = budget_s
+            self._shipper.deadline = None if within_s is None else time.monotonic() + within_s
             try:
                 self._shipper.apply(batch)
             except StoreError as error:
@@ -307,7 +323,8 @@ class Recorder:
                       FAILING_BUDGET_S if self._failure is not None else FINAL_BUDGET_S)
             self._failure, self._retry_at = None, 0.0  # one more try
             try:
-                complete = self._ship(budget, wait_s=0.5 if interrupted else None)
+                complete = self._ship(budget, wait_s=0.5 if interrupted else None,
+                                      within_s=INTERRUPT_BUDGET_S if interrupted else None)
             except KeyboardInterrupt:  # Ctrl-C while sending: the journal has it all
                 self._close_incomplete("KILLED", interrupted=True)
                 log.warning("tracking: interrupted while sending the run; the journal %s holds "

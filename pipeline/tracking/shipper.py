@@ -11,6 +11,7 @@ none, and the final status is set only if the run does not have it yet.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from pipeline.tracking import record as names
 from pipeline.tracking.journal import Journal, epoch_rows, read_journal
 from pipeline.tracking.model import log_model, logged_model_id
-from pipeline.tracking.store import Store
+from pipeline.tracking.store import Store, StoreError
 from pipeline.tracking.thinning import EVERY_EPOCH, Thinning
 
 MAX_METRICS_PER_CALL = 1000
@@ -70,10 +71,14 @@ class Shipper:
         self._keys: list[str] = []
         self.model_id: str | None = None
         self.budget_s = 60.0  # how long one store call may retry
+        self.deadline: float | None = None  # time.monotonic() after which no call starts
         self._best: tuple[float, np.ndarray] | None = None  # (val_loss, row)
         self._last_row: np.ndarray | None = None
 
     def _call(self, what: str, action: Any) -> Any:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise StoreError(f"tracking: stopped before the store had the whole run "
+                             f"(no time left to {what})", transient=True)
         return self.store.call(what, action, budget_s=self.budget_s)
 
     # -- the one entry point ----------------------------------------------------------
