@@ -47,6 +47,10 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
+    except OSError as error:
+        if error.filename:
+            raise
+        raise OSError(error.errno, error.strerror, str(final)) from error  # a full disk: where
     finally:
         tmp.unlink(missing_ok=True)
 

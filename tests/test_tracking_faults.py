@@ -285,6 +285,35 @@ def test_offline_run_then_sync(tmp_path: Path) -> None:
     assert len(steps(client, run_id)) == history_length
 
 
+def test_offline_sweep_then_sync(tmp_path: Path) -> None:
+    """An offline sweep leaves the parent's journal beside its jobs'; syncing the sweep's
+    folder creates the parent, the jobs under it, and the parent's summary."""
+    db = tmp_path / "store" / "mlflow.db"
+    done = run_cli([sys.executable, "-m", "pipeline", "-m", "optimizer.lr=0.01,0.1", *QUICK,
+                    "tracking.mode=offline", f"tracking.uri={sqlite_uri(db)}",
+                    "train.epochs=100", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                    f"pipeline.cache_dir={tmp_path / 'cache'}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"make sync DIR={tmp_path / 'sweep'}" in done.stdout and not db.exists()
+    sent = sync(tmp_path / "sweep")
+    assert_synced(sent, "sent to a new run")
+    assert sent.stdout.count("sent to a new run") == 3
+    client = MlflowClient(sqlite_uri(db))
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    assert parent.data.tags["n_children"] == "2"
+    assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children}
+    assert "summary" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert_synced(sync(tmp_path / "sweep"), "already sent")
+    assert len(client.search_runs([experiment.experiment_id])) == 3
+
+
 # -- 3. sync to another store -------------------------------------------------------------
 def test_sync_to_another_store_creates_a_new_run(tmp_path: Path) -> None:
     """An online run's folder synced with --uri to another store becomes a new run there,
@@ -485,3 +514,19 @@ def test_full_disk_under_the_store_mid_run(tmp_path: Path) -> None:
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and "error" not in run.data.tags
         assert len(history_rows(client, run_id, tmp_path / "download")) == 60000
+
+
+def test_full_disk_under_the_outputs(tmp_path: Path) -> None:
+    """The output folder (journal, checkpoints) fills up mid-run while the store is fine:
+    one line naming the file, the run FAILED in the store with that line, no empty file."""
+    uri = sqlite_uri(tmp_path / "store" / "mlflow.db")
+    with small_tmpfs(tmp_path / "disk", size="1m") as disk:
+        out = disk / "out"
+        done = run_pipeline(tmp_path, out, f"tracking.uri={uri}", "train.epochs=100000",
+                            checkpoint_every=1000)
+        message = assert_one_line_error(done, "No space left on device", str(out))
+        empty = [p for p in out.rglob("*") if p.is_file() and p.stat().st_size == 0
+                 and p.suffix != ".log"]
+        assert not empty, empty
+    run = the_run(MlflowClient(uri))
+    assert run.info.status == "FAILED" and run.data.tags["error"].startswith(message)

@@ -151,9 +151,11 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
             os.fsync(handle.fileno())
         os.chmod(handle.name, 0o644)  # NamedTemporaryFile creates it 0600
         os.replace(handle.name, target)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(handle.name)
+        if isinstance(error, OSError) and not error.filename:  # a full disk: say where
+            raise OSError(error.errno, error.strerror, str(target)) from error
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable (POSIX only)
         directory = os.open(target.parent, os.O_RDONLY)

@@ -99,19 +99,20 @@ class JournalWriter:
         self.sync()
 
     def append(self, record: Mapping[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
-        with self._lock:
-            self._file.write(line)
-            self._file.flush()
+        self.append_many([record])
 
     def append_many(self, records: list[Mapping[str, Any]]) -> None:
+        """Append and flush; an OSError (a full disk) names the journal."""
         if not records:
             return
         text = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n"
                        for r in records)
         with self._lock:
-            self._file.write(text)
-            self._file.flush()
+            try:
+                self._file.write(text)
+                self._file.flush()
+            except OSError as error:
+                raise OSError(error.errno, error.strerror, str(self.path)) from error
 
     def sync(self) -> None:
         with self._lock:

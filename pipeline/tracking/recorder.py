@@ -198,22 +198,26 @@ class Recorder:
             log.warning("%s", problem)
 
     def add(self, records: Sequence[dict[str, Any]]) -> None:
-        """Journal ``records`` now (after the epochs logged so far) and queue them."""
+        """Journal ``records`` now (after the epochs logged so far) and queue them for the
+        store. Raises OSError if the journal cannot be written; the store still gets them."""
         with self._order:
-            self._drain_epochs()
+            try:
+                self._drain_epochs()
+            finally:
+                self._unshipped.extend(records)
             self.journal.append_many(list(records))
-            self._unshipped.extend(records)
 
     def _drain_epochs(self) -> None:
-        """Move buffered epochs into the journal as ``epochs`` records (caller holds _order)."""
+        """Move buffered epochs into ``epochs`` records, queued and journaled (the caller
+        holds _order)."""
         with self._epoch_lock:
             records, self._filled = self._filled, []
             if self._buffered:
                 records.append(epochs_record(self._keys, self._buffer, self._buffered))
                 self._buffer, self._buffered = array("d"), 0
         if records:
-            self.journal.append_many(records)
             self._unshipped.extend(records)
+            self.journal.append_many(records)
 
     # -- the background thread ----------------------------------------------------------
     def _loop(self) -> None:
@@ -309,6 +313,8 @@ class Recorder:
             self._failure = self._failure or StoreError(
                 f"tracking: cannot write the journal {self.journal.path}: "
                 f"{problem.strerror or problem}")
+            with contextlib.suppress(OSError):
+                self.journal.close()
         self._alive.close()
         if self._heartbeat is not None:
             self._heartbeat.stop()
@@ -326,7 +332,7 @@ class Recorder:
                 complete = self._ship(budget, wait_s=0.5 if interrupted else None,
                                       within_s=INTERRUPT_BUDGET_S if interrupted else None)
             except KeyboardInterrupt:  # Ctrl-C while sending: the journal has it all
-                self._close_incomplete("KILLED", interrupted=True)
+                self._close_incomplete("KILLED", error, interrupted=True)
                 log.warning("tracking: interrupted while sending the run; the journal %s holds "
                             "it all: %s", self.journal.path, sync_command(self.journal.path))
                 raise
@@ -336,18 +342,19 @@ class Recorder:
                                                      "run_id": self.run_id, "complete": True})
             return
         failure = self._failure
-        self._close_incomplete(status, interrupted)
+        self._close_incomplete(status, error, interrupted)
         where = f"the journal {self.journal.path}" if journal_ok else "its output folder"
         raise StoreError(f"{failure or 'tracking: the store did not take the whole run'}; "
                          f"the run is kept in {where}; send it with: "
                          f"{sync_command(self.journal.path)}")
 
-    def _close_incomplete(self, status: str, interrupted: bool) -> None:
+    def _close_incomplete(self, status: str, error: str | None, interrupted: bool) -> None:
         """Give the store's copy of the run a final status, if the store answers at all."""
         assert self.store is not None and self.run_id is not None
         store, run_id = self.store, self.run_id
         final = status if interrupted or status != "FINISHED" else "FAILED"
         note = f"{names.INCOMPLETE} ({sync_command(self.journal.path)})"
+        note = f"{error}; {note}" if error else note
         if interrupted and self._failure is not None and self._failure.transient:
             return  # a store that stopped answering: no second wait at exit
         with contextlib.suppress(Exception):

@@ -20,7 +20,7 @@ import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from pipeline.tracking import record as names
-from pipeline.tracking.journal import Journal, epoch_rows, read_journal
+from pipeline.tracking.journal import Journal, JournalError, epoch_rows, read_journal
 from pipeline.tracking.model import log_model, logged_model_id
 from pipeline.tracking.store import Store, StoreError
 from pipeline.tracking.thinning import EVERY_EPOCH, Thinning
@@ -192,11 +192,17 @@ class Shipper:
         extra = {int(row[0]): row for row in (self._last_row, self._best and self._best[1])
                  if row is not None and not self.thinning.keeps(int(row[0]))}
         self._log({}, {}, self._rows_to_metrics(self._keys, extra.values()))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = write_history_csv(read_journal(self.journal), Path(tmp) / HISTORY_ARTIFACT)
-            if path is not None:
-                self._call("log the history artifact",
-                           lambda: self.client.log_artifact(self.run_id, str(path)))
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = write_history_csv(read_journal(self.journal),
+                                         Path(tmp) / HISTORY_ARTIFACT)
+                if path is not None:
+                    self._call("log the history artifact",
+                               lambda: self.client.log_artifact(self.run_id, str(path)))
+        except (OSError, JournalError) as error:  # the journal's disk, not the store
+            raise StoreError(f"tracking: could not write {HISTORY_ARTIFACT} from the journal "
+                             f"{self.journal}: {getattr(error, 'strerror', None) or error}"
+                             ) from error
         status, error = str(record["status"]), record.get("error")
         if error:
             self._log({}, {names.ERROR_TAG: str(error)}, [])
