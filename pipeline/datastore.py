@@ -48,7 +48,7 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
         yield tmp
         os.replace(tmp, final)
     except OSError as error:
-        if error.filename:
+        if error.filename or not error.errno:
             raise
         raise OSError(error.errno, error.strerror, str(final)) from error  # a full disk: where
     finally:
@@ -124,7 +124,7 @@ class StageCache:
         entry.parent.mkdir(parents=True, exist_ok=True)
         # One job computes an entry while concurrent jobs wait, then read it: a parallel
         # sweep computes its data stages once.
-        with _file_lock(entry.parent / f".{key}.lock"):
+        with file_lock(entry.parent / f".{key}.lock"):
             if (entry / "COMPLETE").exists():
                 try:
                     return load(entry), True
@@ -145,7 +145,7 @@ class StageCache:
 
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock (fcntl) held for the block; released if the process dies."""
     import fcntl
 

@@ -137,3 +137,54 @@ def test_resume_from_a_run_id(compose_cfg, tmp_path, isolated) -> None:
     whole = run(validate(compose_cfg(*longer)), output_dir=tmp_path / "whole")
     assert _parameters(resumed.output_dir / "checkpoints" / "final.json") == _parameters(
         whole.output_dir / "checkpoints" / "final.json")
+
+
+@pytest.mark.slow
+def test_resume_from_a_run_id_picks_the_newest_checkpoint_past_epoch_99999(tmp_path, store
+                                                                            ) -> None:
+    """An interrupted run with epoch_50050.json and epoch_100100.json (named across the
+    99,999 boundary, where text order and epoch order disagree): resuming from its run id
+    starts at epoch 100100, says so in a log line and tags the checkpoint it used."""
+    import signal
+    import time
+
+    from pipeline.tracking.journal import epoch_rows
+
+    out = tmp_path / "first"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", f"tracking.uri={store}", "train.epochs=150000",
+         "train.checkpoint_every=50050", "train.progress=false", "tracking.plots=false",
+         "tracking.log_model=false", f"hydra.run.dir={out}",
+         f"pipeline.cache_dir={tmp_path / 'cache'}"],
+        cwd=PROJECT_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoints" / "epoch_100100.json").exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    first = MlflowClient(store).search_runs(
+        [MlflowClient(store).get_experiment_by_name("mlp-pipeline").experiment_id])[0]
+    logged = {a.path for a in MlflowClient(store).list_artifacts(first.info.run_id,
+                                                                  "checkpoints")}
+    assert logged == {"checkpoints/epoch_50050.json", "checkpoints/epoch_100100.json"}
+
+    resumed = cli(tmp_path, f"tracking.uri={store}", "train.progress=false",
+                  "tracking.plots=false", "tracking.log_model=false", "train.epochs=100200",
+                  f"train.resume_from={first.info.run_id}", f"hydra.run.dir={tmp_path / 'r'}",
+                  f"pipeline.cache_dir={tmp_path / 'cache'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    source = f"runs:/{first.info.run_id}/checkpoints/epoch_100100.json"
+    assert f"resuming from {source} (epoch 100100)" in resumed.stdout
+    run_id = resumed.stdout.split("MLflow run ")[1].split()[0]
+    tags = MlflowClient(store).get_run(run_id).data.tags
+    assert tags["resumed_from_checkpoint"] == source
+    assert tags["resumed_from"] == first.info.run_id
+    journal = (tmp_path / "r" / "journal.jsonl").read_text().splitlines()
+    first_epoch = next(int(epoch_rows(json.loads(line))[0, 0]) for line in journal
+                       if line.startswith('{"k":"epochs"'))
+    assert first_epoch == 100101

@@ -154,7 +154,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(handle.name)
-        if isinstance(error, OSError) and not error.filename:  # a full disk: say where
+        if isinstance(error, OSError) and error.errno and not error.filename:  # say where
             raise OSError(error.errno, error.strerror, str(target)) from error
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable (POSIX only)

@@ -17,7 +17,6 @@ Every call goes through :meth:`Store.call`, which sorts failures into three kind
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import sqlite3
@@ -39,6 +38,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.datastore import file_lock
 from pipeline.errors import TrackingError
 from pipeline.paths import DEFAULT_STORE
 
@@ -145,12 +145,8 @@ def _schema_lock(uri: str) -> Iterator[None]:
         yield
         return
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}-lock", "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with file_lock(Path(f"{db}-lock")):
+        yield
 
 
 def _repair_interrupted_migration(db: Path) -> None:
