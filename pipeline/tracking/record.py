@@ -119,11 +119,6 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def start_tags(spec: RunSpec) -> dict[str, str]:
-    """Tags the run is created with."""
-    return {str(k): str(v) for k, v in spec.tags.items()}
-
-
 def spec_records(spec: RunSpec) -> list[dict[str, Any]]:
     """Params (the config flattened to dotted keys, tracking.* left out, and the seeds used)
     and the tags that describe the run's environment."""
