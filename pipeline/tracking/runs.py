@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pipeline.errors import PipelineError
 from pipeline.tracking import record as names
@@ -33,10 +34,35 @@ class RunView:
     metrics: dict[str, float]
 
 
+UI_DEFAULT = "http://127.0.0.1:5000"  # `make ui` serves a local store here
+# MLflow 3.17's UI opens a fresh browser on its GenAI pages; this query switches it to the
+# training views on the routes below.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_base(store_uri: str) -> str:
+    """The UI's address: the tracking server's own for http(s) stores, else `make ui`'s."""
+    if store_uri.startswith(("http://", "https://")):
+        return store_uri.rstrip("/")
+    return UI_DEFAULT
+
+
 def run_url(store_uri: str, experiment_id: str, run_id: str) -> str:
-    """A link that opens the run in the UI's training view (not the GenAI overview)."""
-    base = store_uri.rstrip("/") if store_uri.startswith("http") else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    """A link that opens one run in the UI's training view."""
+    return f"{ui_base(store_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+
+
+def experiment_url(store_uri: str, experiment_id: str) -> str:
+    """A link to the experiment's runs table (sweeps as expandable parents)."""
+    return f"{ui_base(store_uri)}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+
+
+def compare_url(store_uri: str, experiment_ids: list[str], run_ids: list[str]) -> str:
+    """A link to the UI's side-by-side comparison of ``run_ids``."""
+    runs = quote(json.dumps(list(run_ids), separators=(",", ":")), safe="")
+    experiments = quote(json.dumps(sorted(set(experiment_ids)), separators=(",", ":")), safe="")
+    return (f"{ui_base(store_uri)}/#/compare-runs?runs={runs}&experiments={experiments}"
+            f"&{TRAINING_VIEW}")
 
 
 class Runs:

@@ -286,6 +286,11 @@ def open_store(uri: str | None, *, budget_s: float = 30.0) -> Store:
     return store
 
 
+# MLflow 3.17's UI reads this to show an experiment as model training rather than GenAI.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+
+
 def experiment_id(store: Store, name: str) -> str:
     """The id of experiment ``name``, created if missing (found if another process won)."""
     client = store.client
@@ -302,7 +307,8 @@ def experiment_id(store: Store, name: str) -> str:
         found = client.get_experiment_by_name(name)
         if found is not None:
             return str(found.experiment_id)
-        created = client.create_experiment(name, artifact_location=artifact_location(store.uri))
+        created = client.create_experiment(name, artifact_location=artifact_location(store.uri),
+                                           tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
         return str(created)
 
     return store.call(f"create the experiment {name!r}", create)
