@@ -14,7 +14,7 @@ ARGS ?=
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test test-fast lint bench ui server sweep tune rerun sync clean clean-runs lock
+.PHONY: help venv train test test-fast lint bench ui server sweep tune rerun compare sync clean clean-runs lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -74,6 +74,10 @@ server: $(STAMP) ## an MLflow tracking server (sqlite backend, artifacts under m
 rerun: $(STAMP) ## rerun a past run and check it reproduces bit for bit: make rerun RUN_ID=<id>
 	@test -n "$(RUN_ID)" || { echo "usage: make rerun RUN_ID=<mlflow run id>"; exit 2; }
 	$(PY) -m pipeline.rerun $(RUN_ID) $(ARGS)
+
+compare: $(STAMP) ## what differs between runs: make compare RUNS="<id> <id>" (or a sweep's parent id) [ARGS="--format md"]
+	@test -n "$(RUNS)" || { echo "usage: make compare RUNS=\"<run id> <run id> ...\" (or a sweep's parent run id) [ARGS=\"--uri URI --format md|html|csv\"]"; exit 2; }
+	$(PY) -m pipeline.compare $(RUNS) $(ARGS)
 
 sync: $(STAMP) ## send a run's journal to the store: make sync DIR=<output or sweep folder> [ARGS="--uri URI"]
 	@test -n "$(DIR)" || { echo "usage: make sync DIR=<a run's or a sweep's output folder>"; exit 2; }
