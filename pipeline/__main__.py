@@ -17,8 +17,14 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline import paths  # noqa: F401  (registers ${project_root:})
-from pipeline.errors import Terminated
-from pipeline.sweep import JOURNAL_ENV, PARENT_ENV, in_sweep_worker
+from pipeline.errors import ConfigError, Terminated
+from pipeline.sweep import (
+    JOURNAL_ENV,
+    PARENT_ENV,
+    in_sweep_worker,
+    job_gate,
+    stop_with_launcher,
+)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -33,7 +39,17 @@ def main(cfg: DictConfig) -> float | None:
     from pipeline.runner import format_summary, run
 
     hydra_cfg = HydraConfig.get()
+    if str(hydra_cfg.mode) != "RunMode.MULTIRUN":
+        for key in ("replicates", "resume", "max_failures"):
+            if getattr(config.sweep, key) is not None:
+                raise ConfigError(f"sweep.{key}: applies to a sweep; add -m (python -m "
+                                  "pipeline -m ...) or drop it")
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    stop_with_launcher()
+    skip = job_gate(config, output_dir)
+    if skip is not None:
+        logging.getLogger("pipeline").info("%s", skip.message)
+        return skip.value
     try:
         result = run(
             config,

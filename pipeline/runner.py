@@ -88,6 +88,7 @@ def config_digest(config: Config) -> str:
     tree = config_dict(config)
     tree.pop("tracking", None)
     tree.pop("tags", None)
+    tree.pop("sweep", None)  # what a sweep reports and how it runs, not what a job computes
     tree["pipeline"].pop("cache", None)
     tree["pipeline"].pop("cache_dir", None)
     # Display and bookkeeping only (a thread count can move the last bits; the run records it).

@@ -282,10 +282,21 @@ METRICS = ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_ro
 class SweepConfig:
     metric: str = "test_accuracy"
     direction: str = "maximize"
+    replicates: int | None = None
+    resume: str | None = None
+    max_failures: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("sweep.metric", self.metric, METRICS)
         _check_choice("sweep.direction", self.direction, ("maximize", "minimize"))
+        if self.replicates is not None and self.replicates < 1:
+            _fail("sweep.replicates", self.replicates, "must be an integer >= 1 (seeds per "
+                  "configuration) or null")
+        if self.resume is not None and not str(self.resume).strip():
+            _fail("sweep.resume", self.resume, "must be a sweep's parent run id, last, or null")
+        if self.max_failures is not None and self.max_failures < 1:
+            _fail("sweep.max_failures", self.max_failures, "must be an integer >= 1 or null "
+                  "(never stop a sweep for failures)")
 
 
 @dataclass
@@ -343,6 +354,12 @@ def _pick(group: str, node: Any, key: str, schemas: dict[str, type]) -> Any:
     if choice not in schemas:
         _fail(f"{group}.{key}", choice, "one of " + ", ".join(schemas))
     return _structured(schemas[choice], node, group)
+
+
+def validate_sweep(node: Any) -> SweepConfig:
+    """The ``sweep`` group alone (the sweep's launching process checks it before any job)."""
+    result: SweepConfig = _structured(SweepConfig, node if node is not None else {}, "sweep")
+    return result
 
 
 def validate(cfg: DictConfig) -> Config:

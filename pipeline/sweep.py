@@ -9,7 +9,14 @@ A plain environment variable would not.
 
 When the sweep ends — or fails: Hydra skips ``on_multirun_end`` when a job raised,
 so ``python -m pipeline`` calls :func:`finish_open_sweep` on its way out — the
-parent gets a summary table, the best child, comparison plots and a status.
+parent gets a summary table, seed statistics, the best configuration, comparison plots
+and a status, and the sweep prints its leaderboard and links.
+
+Before the sweeper expands the overrides, the callback may change them:
+``sweep.replicates=N`` runs every configuration with N seeds, and ``sweep.resume=<id>``
+(or ``last``) reruns a past sweep's overrides under its parent run. Each job asks
+:func:`job_gate` first whether to run: a resumed sweep keeps a configuration that
+finished, and ``sweep.max_failures`` starts no job once that many have failed.
 
 Ctrl-C or SIGTERM on the launching process stops the sweep (:func:`_stop_sweep`): the
 jobs' worker processes are told to stop (each ends its run KILLED, its journal
@@ -21,12 +28,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +45,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pipeline.errors import PipelineError, Terminated
 
 if TYPE_CHECKING:
-    from pipeline.tracking.sweep import SweepParent
+    from pipeline.schema import Config, SweepConfig
+    from pipeline.tracking.sweep import PastSweep, SweepParent
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -44,6 +54,8 @@ PARENT_ENV = "PIPELINE_SWEEP_PARENT_RUN_ID"
 JOURNAL_ENV = "PIPELINE_SWEEP_PARENT_JOURNAL_ID"
 THREADS_ENV = "PIPELINE_DEFAULT_THREADS"
 LAUNCHER_PID_ENV = "PIPELINE_SWEEP_LAUNCHER_PID"
+STARTED_ENV = "PIPELINE_SWEEP_STARTED_MS"  # when this sweep (or this resume of it) began
+NOT_STARTED = "not_started.txt"  # in a job's folder: sweep.max_failures stopped it
 STOP_GRACE_S = 10.0  # how long stopping jobs may take to end their runs
 
 _open: SweepParent | None = None
@@ -72,35 +84,51 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _open
         _require_writable("hydra.sweep.dir", Path(str(config.hydra.sweep.dir)))
+        tracking = config.get("tracking", {})
+        offline = tracking.get("mode", "online") == "offline"
+        try:  # Hydra would only warn about an error here, and run the jobs parentless
+            from pipeline.schema import validate_sweep
+
+            sweep = validate_sweep(config.get("sweep"))
+            past = _plan_jobs(config, sweep, offline)
+            sweep = validate_sweep(config.get("sweep"))  # a resumed sweep's metric
+        except PipelineError as error:
+            print(error, file=sys.stderr)
+            raise SystemExit(1) from None
         # Parallel workers import MLflow (~2 s) while this process creates the parent run.
         workers = _start_joblib_workers(config)
-        tracking = config.get("tracking", {})
-        sweep = config.get("sweep", {})
         sweep_dir = Path(str(config.hydra.sweep.dir))
         overrides = list(config.hydra.overrides.task)
         name = "sweep " + (" ".join(overrides) if overrides else sweep_dir.name)
+        from pipeline.tracking import record as names
         from pipeline.tracking.sweep import SweepParent
 
         try:
             _open = SweepParent(
                 uri=tracking.get("uri"), experiment=tracking.get("experiment", "mlp-pipeline"),
-                name=name[:250], tags={"sweep_dir": str(sweep_dir),
-                                       "overrides": " ".join(overrides)[:5000]},
-                metric=str(sweep.get("metric", "test_accuracy")),
-                direction=str(sweep.get("direction", "maximize")), sweep_dir=sweep_dir,
-                offline=tracking.get("mode", "online") == "offline",
+                name=name[:250], tags={
+                    "sweep_dir": str(sweep_dir), "overrides": " ".join(overrides)[:5000],
+                    names.SWEEP_OVERRIDES_TAG: json.dumps(overrides)[:8000],
+                    names.SWEEPER_TAG: _sweeper(config)},
+                metric=sweep.metric, direction=sweep.direction, sweep_dir=sweep_dir,
+                offline=offline, resume=past,
             )
-        except PipelineError as error:  # Hydra would only warn, and run the jobs parentless
+        except PipelineError as error:
             print(error, file=sys.stderr)
             raise SystemExit(1) from None
+        _open_settings.update(sweep_dir=sweep_dir, max_failures=sweep.max_failures)
         env = {PARENT_ENV: _open.run_id or "", JOURNAL_ENV: _open.journal_id,
-               THREADS_ENV: str(_threads_per_job(config)), LAUNCHER_PID_ENV: str(os.getpid())}
+               THREADS_ENV: str(_threads_per_job(config)), LAUNCHER_PID_ENV: str(os.getpid()),
+               STARTED_ENV: str(int(time.time() * 1000))}
         hydra_overrides = config.hydra.overrides.hydra
         with open_dict(config):
             for key, value in env.items():
                 hydra_overrides.append(f"++hydra.job.env_set.{key}={value}")
                 OmegaConf.update(config, f"hydra.job.env_set.{key}", value, force_add=True)
-        if _open.run_id:
+        if past is not None:
+            print(f"Resuming sweep {_open.run_id}: finished configurations are kept, the "
+                  "others run", flush=True)
+        elif _open.run_id:
             print(f"Sweep parent MLflow run: {_open.run_id}", flush=True)
         else:
             print(f"Offline sweep: recorded in {sweep_dir}; send it with: make sync "
@@ -115,6 +143,131 @@ class SweepCallback(Callback):
         failed = finish_open_sweep()
         if failed:
             raise SystemExit(1)
+
+
+def _sweeper(config: DictConfig) -> str:
+    return str(config.hydra.get("sweeper", {}).get("_target_", ""))
+
+
+def _defining(overrides: list[str]) -> list[str]:
+    """The overrides that decide what the jobs compute, in a canonical order."""
+    from pipeline.tracking.record import BOOKKEEPING_KEYS
+
+    return sorted(o for o in overrides if not o.lstrip("+~").startswith(BOOKKEEPING_KEYS))
+
+
+def _plan_jobs(config: DictConfig, sweep: SweepConfig, offline: bool) -> PastSweep | None:
+    """Apply ``sweep.replicates`` and ``sweep.resume`` to the overrides the sweeper is about
+    to expand; return the past sweep to resume (None for a new sweep).
+
+    Raises :class:`PipelineError` (one line) for settings that cannot work together.
+    """
+    task = config.hydra.overrides.task
+    overrides = [str(o) for o in task]
+    if sweep.replicates is not None:
+        overrides = _with_replicates(config, overrides, sweep.replicates)
+    past = None
+    if sweep.resume is not None:
+        if offline:
+            raise PipelineError("sweep.resume: needs the store (tracking.mode=online); send an "
+                                "offline sweep first with make sync DIR=<sweep folder>")
+        from pipeline.tracking.sweep import find_sweep
+
+        tracking = config.get("tracking", {})
+        past = find_sweep(tracking.get("uri"), str(tracking.get("experiment", "mlp-pipeline")),
+                          str(sweep.resume))
+        overrides = _resumed_overrides(config, overrides, past)
+        _continue_optuna_study(config, past)
+    with open_dict(config):
+        task.clear()
+        task.extend(overrides)
+    return past
+
+
+def _with_replicates(config: DictConfig, overrides: list[str], replicates: int) -> list[str]:
+    """``overrides`` with the root seed swept over ``seed .. seed+replicates-1``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if "BasicSweeper" not in _sweeper(config):
+        raise PipelineError("sweep.replicates: works with Hydra's basic sweeper (-m with lists "
+                            "of values); with Optuna, sweep seed in hydra.sweeper.params")
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    seeds = [o for o in parsed if o.key_or_group == "seed"]
+    if any(o.is_sweep_override() for o in seeds):
+        raise PipelineError("sweep.replicates: the seeds are already swept (seed=...); drop "
+                            "one of the two")
+    first = int(config.get("seed", 0))
+    kept = [text for text, o in zip(overrides, parsed, strict=True) if o.key_or_group != "seed"]
+    return [*kept, f"seed=range({first},{first + replicates})"]
+
+
+def _resumed_overrides(config: DictConfig, overrides: list[str], past: PastSweep) -> list[str]:
+    """The overrides a resumed sweep runs: the user's, if they define the same jobs as the
+    past sweep's, or the past sweep's when the user gave none."""
+    command = "python -m pipeline -m " + " ".join([*(past.overrides or ["..."]),
+                                                   f"sweep.resume={past.run_id}"])
+    if past.sweeper and past.sweeper != _sweeper(config):
+        raise PipelineError(f"sweep.resume: sweep {past.run_id} ran with another sweeper "
+                            f"({past.sweeper.rsplit('.', 1)[-1]}); resume it with its own "
+                            f"overrides: {command}")
+    mine = _defining(overrides)
+    if not mine:
+        if past.overrides is None:
+            raise PipelineError(f"sweep.resume: sweep {past.run_id} did not record its "
+                                "overrides; pass them again with sweep.resume")
+        # The past sweep's overrides, but for keys given now (tracking.uri=..., say).
+        given = {_key(o) for o in overrides}
+        adopted = [o for o in past.overrides if _key(o) not in given and _key(o) != "sweep.resume"]
+        for override in adopted:  # what the parent itself reports on
+            if _key(override) in ("sweep.metric", "sweep.direction"):
+                with open_dict(config):
+                    OmegaConf.update(config, _key(override), override.split("=", 1)[1])
+        return [*overrides, *adopted]
+    if past.overrides is not None and mine != _defining(past.overrides):
+        raise PipelineError(f"sweep.resume: these overrides define other jobs than sweep "
+                            f"{past.run_id}'s; give none, or the same: {command}")
+    return overrides
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _continue_optuna_study(config: DictConfig, past: PastSweep) -> None:
+    """Resume an Optuna sweep.
+
+    With a storage, the study continues: the trials the dead sweep left RUNNING are marked
+    FAIL, only the trials still missing run, and the sampler's seed moves on by the number
+    of stored trials (the same seed would propose the finished trials again). Without a
+    storage, the seeded sampler proposes the same trials again and the finished ones are
+    answered from their runs (see :func:`job_gate`).
+    """
+    sweeper = config.hydra.get("sweeper", {})
+    if "optuna" not in _sweeper(config).lower():
+        return
+    sampler = sweeper.get("sampler", {})
+    if not sweeper.get("storage"):
+        if sampler.get("seed") is None:
+            log.warning("Optuna without a storage or a sampler seed draws new trials: finished "
+                        "runs are kept, the new trials run beside them")
+        return
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=str(sweeper.get("study_name")),
+                                  storage=str(sweeper.get("storage")))
+    except KeyError:  # no such study in that storage: the sweeper starts it afresh
+        return
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    left = max(0, int(sweeper.get("n_trials", 0)) - done)
+    with open_dict(config):
+        sweeper.n_trials = left
+        if sampler.get("seed") is not None:
+            sampler.seed = int(sampler.seed) + len(study.trials)
+    log.info("Optuna study %s continues from its storage: %d trial(s) done, %d to go",
+             study.study_name, done, left)
 
 
 def _threads_per_job(config: DictConfig) -> int:
@@ -190,17 +343,95 @@ def _import_summary() -> None:
         pass
 
 
+_open_settings: dict[str, Any] = {}
+
+
 def finish_open_sweep(*, aborted: bool = False, interrupted: bool = False) -> int:
-    """End the sweep started by this process, if any; return how many jobs failed (-1 when
-    the summary could not be written)."""
+    """End the sweep started by this process, if any, and print its leaderboard and links;
+    return how many jobs failed (-1 when the summary could not be written)."""
     global _open
     parent, _open = _open, None
     if parent is None:
         return 0
-    counts = parent.finish(aborted=aborted, interrupted=interrupted)
-    if counts is None:
+    sweep_dir = _open_settings.get("sweep_dir")
+    not_started = sum(1 for _ in sweep_dir.rglob(NOT_STARTED)) if sweep_dir else 0
+    summary = parent.finish(aborted=aborted, interrupted=interrupted, not_started=not_started,
+                            max_failures=_open_settings.get("max_failures"))
+    if summary is None:
+        if parent.run_id:
+            log.info("sweep parent run %s %s", parent.run_id, parent.status)
         return -1 if parent.run_id else 0
-    return counts.failed
+    _print_leaderboard(parent, summary, not_started)
+    return summary.counts.failed + not_started
+
+
+def _print_leaderboard(parent: SweepParent, summary: Any, not_started: int) -> None:
+    """The sweep's outcome: counts, the top configurations, and links to the parent and to
+    the comparison of its children."""
+    counts = summary.counts
+    line = (f"Sweep {parent.run_id} {parent.status}: {counts.children} run(s), "
+            f"{counts.failed} failed, {counts.killed} killed")
+    if counts.runs > counts.children:
+        line += f", {counts.runs - counts.children} earlier attempt(s) superseded"
+    if not_started:
+        line += f", {not_started} not started (sweep.max_failures)"
+    print(line, flush=True)
+    board = summary.leaderboard
+    if not board.empty:
+        print(f"Top {len(board)} by {parent.metric} ({summary.best_by}):")
+        board = board.copy()
+        board.index = range(1, len(board) + 1)
+        print(board.to_string(), flush=True)
+    if parent.url:
+        print(f"Parent:  {parent.url}")
+    link = parent.compare_url(summary.ranked_run_ids)
+    if link:
+        shown = min(len(summary.ranked_run_ids), 50)
+        print(f"Compare: {link}" + (f"  (best {shown})" if shown < len(summary.ranked_run_ids)
+                                    else ""), flush=True)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A sweep job that does not run: why, and the value to hand the sweeper."""
+
+    message: str
+    value: float | None = None
+
+
+def job_gate(config: Config, output_dir: Path) -> Skip | None:
+    """In a sweep's job: whether to skip it, asked of the store before any work.
+
+    ``sweep.max_failures``: once that many jobs of this sweep failed, no job starts (the
+    job leaves :data:`NOT_STARTED` in its folder for the count). ``sweep.resume``: a
+    configuration that already finished under the parent is kept, and its metric answers
+    the sweeper (Optuna replays its study from it).
+    """
+    parent = os.environ.get(PARENT_ENV)
+    sweep = config.sweep
+    if not parent or (sweep.max_failures is None and sweep.resume is None):
+        return None
+    from pipeline.tracking.sweep import failed_children, finished_child
+
+    uri = config.tracking.uri
+    if sweep.max_failures is not None:
+        since = int(os.environ.get(STARTED_ENV) or 0)
+        failed = failed_children(uri, parent, since)
+        if failed >= sweep.max_failures:
+            message = (f"not started: {failed} job(s) of this sweep failed "
+                       f"(sweep.max_failures={sweep.max_failures})")
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / NOT_STARTED).write_text(message + "\n")
+            return Skip(message)
+    if sweep.resume is not None:
+        from pipeline.runner import config_digest
+
+        found = finished_child(uri, parent, config_digest(config))
+        if found is not None:
+            run_id, metrics = found
+            return Skip(f"kept: this configuration finished before as run {run_id}",
+                        metrics.get(sweep.metric))
+    return None
 
 
 # -- stopping ---------------------------------------------------------------------------
@@ -208,6 +439,28 @@ def in_sweep_worker() -> bool:
     """True in a job's process that is not the sweep's launching process (joblib, Ray)."""
     launcher = os.environ.get(LAUNCHER_PID_ENV)
     return bool(launcher) and launcher != str(os.getpid())
+
+
+_watching = False
+
+
+def stop_with_launcher() -> None:
+    """In a sweep's worker process: end this worker's job KILLED (SIGTERM to itself) once
+    the launching process is gone, say SIGKILLed, instead of finishing it as an orphan
+    that a resumed sweep would race."""
+    global _watching
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if _watching or not in_sweep_worker() or not launcher or os.getppid() != int(launcher):
+        return
+    _watching = True
+
+    def watch() -> None:
+        while os.getppid() == int(launcher):
+            time.sleep(1.0)
+        log.warning("the sweep's launching process is gone: stopping this job")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-launcher", daemon=True).start()
 
 
 def _stop_on_signals() -> None:

@@ -22,6 +22,14 @@ HEARTBEAT_TAG = "pipeline.heartbeat"
 JOURNAL_ID_TAG = "pipeline.journal_id"
 JOURNAL_TAG = "pipeline.journal"
 SWEEP_TAG = "sweep"  # "parent" on a sweep's parent run
+SWEEP_OVERRIDES_TAG = "sweep_overrides"  # the parent's: its jobs' overrides, as a JSON list
+SWEEPER_TAG = "sweeper"  # the parent's: the Hydra sweeper that chose the jobs
+CONFIG_DIGEST_TAG = "config_digest"
+ENDED_BY_RESUME_TAG = "ended_by_resume"  # a job left RUNNING by a dead sweep, ended on resume
+# Settings that change how a run is shown, recorded or scheduled, not what it computes
+# (left out of config_digest): never what tells one configuration of a sweep from another.
+BOOKKEEPING_KEYS = ("tracking.", "sweep.", "pipeline.", "tags.", "train.progress",
+                    "train.threads", "train.checkpoint_every")
 PARENT_TAG = "mlflow.parentRunId"
 ERROR_TAG = "error"
 INCOMPLETE = "incomplete record: the journal holds the rest"  # the error tag, until synced
@@ -124,7 +132,7 @@ def spec_records(spec: RunSpec) -> list[dict[str, Any]]:
     and the tags that describe the run's environment."""
     params = {k: v for k, v in flatten(spec.config).items() if not k.startswith("tracking.")}
     params.update({f"seeds.{k}": v for k, v in spec.seeds.items()})
-    tags = {**spec.environment, "config_digest": spec.config_digest,
+    tags = {**spec.environment, CONFIG_DIGEST_TAG: spec.config_digest,
             "output_dir": str(spec.output_dir),
             THREADS_TAG: str(spec.threads) if spec.threads else "default"}
     return [{"k": "params", "params": params}, {"k": "tags", "tags": tags}]

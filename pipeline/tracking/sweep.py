@@ -1,33 +1,153 @@
-"""A sweep's parent run: created before any job, alive (heartbeat) while the jobs run,
-summarised and ended when they are done.
+"""A sweep's parent run: created before any job (or taken over to resume a sweep), alive
+(heartbeat) while the jobs run, summarised and ended when they are done.
 
 Like a run, the parent has a journal (``<sweep dir>/journal.jsonl``): with
 ``tracking.mode=offline`` it is the whole parent, and ``pipeline.sync`` of the sweep
 folder creates it, sends every job under it and writes the summary.
+
+The jobs ask the store two things here before they start: whether their configuration
+already finished under the parent (a resumed sweep keeps it) and how many jobs failed
+since the sweep started (``sweep.max_failures``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import logging
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import PipelineError
 from pipeline.tracking import record as names
 from pipeline.tracking.journal import JOURNAL_NAME, JournalWriter, new_journal_id, now_ms
 from pipeline.tracking.recorder import Heartbeat, context_tags, sync_command, write_sync_state
-from pipeline.tracking.runs import run_url
+from pipeline.tracking.runs import compare_url, run_url
 from pipeline.tracking.store import Store, StoreError, experiment_id, open_store, store_uri
-from pipeline.tracking.summary import Counts, summarise
+from pipeline.tracking.summary import Summary, summarise
 
 log = logging.getLogger("pipeline.sweep")
+
+# A parent whose heartbeat (every 15 s) is older than this belongs to a sweep that died.
+ALIVE_WITHIN_S = 45.0
+COMPARE_AT_MOST = 50  # runs on the printed compare page
+
+
+@dataclass(frozen=True)
+class PastSweep:
+    """A sweep's parent run found in the store, to resume."""
+
+    run_id: str
+    experiment_id: str
+    experiment: str
+    status: str
+    overrides: list[str] | None  # None: recorded before overrides were kept
+    sweeper: str | None
+    finished: int  # configurations that FINISHED under it
+
+
+def find_sweep(uri: str | None, experiment: str, which: str) -> PastSweep:
+    """The parent run ``which`` (a run id, or ``last``: the newest parent in
+    ``experiment``), checked to be a sweep's parent that is no longer alive.
+
+    Raises :class:`PipelineError` (one line) otherwise.
+    """
+    store = open_store(uri)
+    client = store.client
+    if which == "last":
+        exp = store.call("find the experiment", lambda: client.get_experiment_by_name(experiment))
+        runs = [] if exp is None else store.call("find the last sweep", lambda: client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.{names.SWEEP_TAG} = 'parent'",
+            order_by=["attributes.start_time DESC"], max_results=1))
+        if not runs:
+            raise PipelineError(f"sweep.resume=last: no sweep in experiment {experiment!r} of "
+                                f"{store.uri}; pass a parent run id or check tracking.experiment")
+        run = runs[0]
+    else:
+        try:
+            run = client.get_run(which)
+        except Exception:
+            raise PipelineError(f"sweep.resume: run {which!r} is not in {store.uri}; copy the "
+                                "sweep's parent run id from the MLflow UI, or use "
+                                "sweep.resume=last") from None
+    tags = run.data.tags
+    if tags.get(names.SWEEP_TAG) != "parent":
+        raise PipelineError(f"sweep.resume: run {run.info.run_id} is not a sweep's parent run "
+                            "(no tag sweep=parent); pass the parent's id, or sweep.resume=last")
+    exp_name = client.get_experiment(run.info.experiment_id).name
+    if exp_name != experiment:
+        raise PipelineError(f"sweep.resume: run {run.info.run_id} is in experiment {exp_name!r}, "
+                            f"this sweep records to {experiment!r}; add "
+                            f"tracking.experiment={exp_name}")
+    if run.info.status == "RUNNING" and _alive(tags):
+        raise PipelineError(f"sweep.resume: sweep {run.info.run_id} is still running; stop it "
+                            "first (Ctrl-C), or wait for it to end")
+    stored = tags.get(names.SWEEP_OVERRIDES_TAG)
+    parent_id = run.info.run_id
+    done = store.call("count the finished jobs", lambda: client.search_runs(
+        [run.info.experiment_id], filter_string=(f"tags.`{names.PARENT_TAG}` = '{parent_id}' "
+                                                 "and attributes.status = 'FINISHED'"),
+        max_results=10000))
+    digests = {r.data.tags.get(names.CONFIG_DIGEST_TAG, r.info.run_id) for r in done}
+    return PastSweep(parent_id, run.info.experiment_id, exp_name, run.info.status,
+                     json.loads(stored) if stored else None, tags.get(names.SWEEPER_TAG),
+                     len(digests))
+
+
+def _alive(tags: Mapping[str, str]) -> bool:
+    """Whether the sweep that owns a RUNNING parent still runs: its journal is locked by a
+    live process, else (journal elsewhere) its heartbeat is recent."""
+    journal = Path(tags.get(names.JOURNAL_TAG, ""))
+    if journal.is_file():
+        try:
+            with open(journal, "rb") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return False
+        except BlockingIOError:
+            return True
+        except OSError:
+            pass
+    beat = tags.get(names.HEARTBEAT_TAG)
+    return beat is not None and time.time() - float(beat) < ALIVE_WITHIN_S
+
+
+def finished_child(uri: str | None, parent_id: str, digest: str
+                   ) -> tuple[str, dict[str, float]] | None:
+    """A FINISHED child of ``parent_id`` with configuration digest ``digest``: its id and
+    final metrics (None if there is none)."""
+    store = open_store(uri)
+    runs = store.call("look for a finished job", lambda: store.client.search_runs(
+        [store.client.get_run(parent_id).info.experiment_id],
+        filter_string=(f"tags.`{names.PARENT_TAG}` = '{parent_id}' and "
+                       f"tags.{names.CONFIG_DIGEST_TAG} = '{digest}' and "
+                       "attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1))
+    if not runs:
+        return None
+    return runs[0].info.run_id, dict(runs[0].data.metrics)
+
+
+def failed_children(uri: str | None, parent_id: str, since_ms: int) -> int:
+    """How many children of ``parent_id`` started at or after ``since_ms`` ended FAILED."""
+    store = open_store(uri)
+    runs = store.call("count the failed jobs", lambda: store.client.search_runs(
+        [store.client.get_run(parent_id).info.experiment_id],
+        filter_string=(f"tags.`{names.PARENT_TAG}` = '{parent_id}' and "
+                       f"attributes.start_time >= {since_ms} and attributes.status = 'FAILED'"),
+        max_results=10000))
+    return len(runs)
 
 
 class SweepParent:
     """The parent run of one sweep (and its journal)."""
 
     def __init__(self, *, uri: str | None, experiment: str, name: str, tags: Mapping[str, str],
-                 metric: str, direction: str, sweep_dir: Path, offline: bool) -> None:
+                 metric: str, direction: str, sweep_dir: Path, offline: bool,
+                 resume: PastSweep | None = None) -> None:
         self.metric, self.direction, self.sweep_dir = metric, direction, sweep_dir
         self.journal_id = new_journal_id()
         self.store: Store | None = None
@@ -42,9 +162,13 @@ class SweepParent:
             self.experiment_id = exp_id = experiment_id(store, experiment)
             all_tags = context_tags(all_tags, None)
             created = {**all_tags, names.HEARTBEAT_TAG: str(start_ms // 1000)}
-            run = store.call("create the sweep's parent run", lambda: store.client.create_run(
-                exp_id, run_name=name, start_time=start_ms, tags=created))
-            self.run_id = run.info.run_id
+            if resume is not None:
+                self.run_id = resume.run_id
+                self._take_over(resume, created)
+            else:
+                run = store.call("create the sweep's parent run", lambda: store.client.create_run(
+                    exp_id, run_name=name, start_time=start_ms, tags=created))
+                self.run_id = run.info.run_id
         self.journal = JournalWriter(sweep_dir / JOURNAL_NAME, {
             "journal_id": self.journal_id, "uri": self.store.uri if self.store else store_uri(uri),
             "experiment": experiment, "run_id": self.run_id, "run_name": name,
@@ -52,6 +176,51 @@ class SweepParent:
             "tags": all_tags, "sweep": {"metric": metric, "direction": direction},
         })
         self._heartbeat = Heartbeat(self.store, self.run_id) if self.store and self.run_id else None
+        self.status = "RUNNING"
+
+    def _take_over(self, past: PastSweep, tags: Mapping[str, str]) -> None:
+        """Make a past sweep's parent this sweep's: RUNNING again, with this journal and a
+        fresh heartbeat, its last error cleared, its dead jobs ended."""
+        from mlflow.entities import RunTag
+
+        store, run_id = self.store, past.run_id
+        assert store is not None
+        keep = {k: v for k, v in tags.items() if not k.startswith("mlflow.") and k != "sweep_dir"}
+        keep["resumed_in"] = str(self.sweep_dir)  # the first run's folder stays in sweep_dir
+        if past.status != "RUNNING":
+            store.call("reopen the sweep's parent run", lambda: store.client.update_run(
+                run_id, status="RUNNING"))
+        with contextlib.suppress(Exception):
+            store.client.delete_tag(run_id, names.ERROR_TAG)
+        self._end_dead_children(run_id)
+        store.call("tag the sweep's parent run", lambda: store.client.log_batch(
+            run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in keep.items()]))
+
+    def _end_dead_children(self, parent_id: str) -> None:
+        """Children left RUNNING by the sweep that died end KILLED, and those that died
+        before recording their config are marked superseded (their jobs run again)."""
+        from mlflow.entities import RunTag
+
+        store = self.store
+        assert store is not None and self.experiment_id is not None
+        children = store.call("list the sweep's jobs", lambda: store.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{names.PARENT_TAG}` = '{parent_id}'",
+            max_results=10000))
+        for run in children:
+            child, tags = run.info.run_id, run.data.tags
+            dead = run.info.status == "RUNNING" and not _alive(tags)
+            blank = run.info.status != "FINISHED" and names.CONFIG_DIGEST_TAG not in tags
+            if not (dead or blank) or names.ENDED_BY_RESUME_TAG in tags:
+                continue
+            marks = [RunTag(names.ENDED_BY_RESUME_TAG, self.sweep_dir.name)]
+            if dead:
+                marks.append(RunTag(names.ERROR_TAG, "killed with its sweep; the resumed sweep "
+                                                     "runs its configuration again"))
+            store.call("mark a job of the sweep that died", lambda c=child, m=marks: store
+                       .client.log_batch(c, tags=m))
+            if dead:
+                store.call("end a job of the sweep that died", lambda c=child: store.client
+                           .set_terminated(c, status="KILLED"))
 
     @property
     def url(self) -> str | None:
@@ -59,27 +228,43 @@ class SweepParent:
             return None
         return run_url(self.store.uri, self.experiment_id, self.run_id)
 
-    def finish(self, *, aborted: bool = False, interrupted: bool = False) -> Counts | None:
+    def compare_url(self, run_ids: list[str]) -> str | None:
+        """The UI's comparison of the first :data:`COMPARE_AT_MOST` of ``run_ids``."""
+        if self.store is None or self.experiment_id is None or not run_ids:
+            return None
+        return compare_url(self.store.uri, [self.experiment_id], run_ids[:COMPARE_AT_MOST])
+
+    def finish(self, *, aborted: bool = False, interrupted: bool = False,
+               not_started: int = 0, max_failures: int | None = None) -> Summary | None:
         """Summarise the children onto the parent and end it.
 
         Status: KILLED when ``interrupted``, FAILED when a job failed or ``aborted``, else
-        FINISHED. Returns the children's counts (None offline or when the store failed).
+        FINISHED; ``not_started`` jobs were skipped once ``max_failures`` jobs had failed.
+        Returns the summary (None offline or when the store failed).
         """
         if self._heartbeat is not None:
             self._heartbeat.stop()
-        counts = None
+        summary = None
         error = None
         if self.store is not None and self.run_id is not None and self.experiment_id:
             try:
-                counts = summarise(self.store, self.experiment_id, self.run_id, self.metric,
-                                   self.direction, plots=not interrupted)
+                summary = summarise(self.store, self.experiment_id, self.run_id, self.metric,
+                                    self.direction, plots=not interrupted)
             except StoreError as problem:
                 error = f"summary failed: {problem}; {sync_command(self.journal.path)} writes it"
                 log.warning("%s", error)
-        failed = aborted or error is not None or (counts is not None and counts.failed > 0)
+            except Exception as problem:  # never leave the parent RUNNING over a summary
+                error = f"summary failed: {type(problem).__name__}: {problem}"
+                log.warning("%s", error, exc_info=True)
+        counts = summary.counts if summary is not None else None
+        failed = (aborted or error is not None or not_started > 0
+                  or (counts is not None and counts.failed > 0))
         status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
         if counts is not None and counts.failed and not interrupted:
             error = f"{counts.failed} job(s) failed"
+        if not_started and not interrupted:
+            error = (f"{error or 'jobs failed'}; sweep.max_failures={max_failures} reached: "
+                     f"{not_started} job(s) not started")
         if interrupted:
             error = "sweep interrupted" + (
                 f": {counts.children} job(s) started, {counts.killed} killed" if counts else "")
@@ -93,9 +278,8 @@ class SweepParent:
                     write_sync_state(self.journal.path, {"uri": self.store.uri,
                                                          "run_id": self.run_id,
                                                          "complete": True})
-        where = f" ({self.url})" if self.url else ""
-        log.info("sweep parent run %s %s%s", self.run_id or "(offline)", status, where)
-        return counts
+        self.status = status
+        return summary
 
 
 def end_parent(store: Store, run_id: str, status: str, error: str | None) -> bool:

@@ -153,7 +153,7 @@ class Syncer:
         store = self.store(sent.uri)
         sweep = journal.start["sweep"]
         exp_id = experiment_id(store, str(journal.start["experiment"]))
-        counts = summarise(store, exp_id, sent.run_id, sweep["metric"], sweep["direction"])
+        counts = summarise(store, exp_id, sent.run_id, sweep["metric"], sweep["direction"]).counts
         ended = journal.ended
         interrupted = ended is None or ended["status"] == "KILLED"
         status = "KILLED" if interrupted else "FAILED" if counts.failed else "FINISHED"
