@@ -110,7 +110,7 @@ class Recorder:
         self._filled: list[dict[str, Any]] = []  # records closed when the names changed
         self._order = threading.Lock()  # journal order = the order records were made
         self._shipping = threading.Lock()  # one batch in flight at a time
-        self._alive = _hold_while_alive(journal.path)
+        self._alive = hold_while_alive(journal.path)
         self._unshipped: list[dict[str, Any]] = []
         self._shipper = (Shipper(store, run_id, experiment_id, journal.path)
                          if store is not None and run_id is not None and experiment_id else None)
@@ -409,7 +409,7 @@ def context_tags(tags: Mapping[str, str], parent_run_id: str | None) -> dict[str
     return {str(k): str(v) for k, v in resolved.items()}
 
 
-def _hold_while_alive(journal: Path) -> Any:
+def hold_while_alive(journal: Path) -> Any:
     """A shared lock on the journal, held until the run ends or its process dies:
     ``sync`` takes it exclusively, so it never closes the run of a live process."""
     handle = open(journal, "rb")  # noqa: SIM115 (closed when the run ends)

@@ -24,7 +24,13 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.tracking import record as names
 from pipeline.tracking.journal import JOURNAL_NAME, JournalWriter, new_journal_id, now_ms
-from pipeline.tracking.recorder import Heartbeat, context_tags, sync_command, write_sync_state
+from pipeline.tracking.recorder import (
+    Heartbeat,
+    context_tags,
+    hold_while_alive,
+    sync_command,
+    write_sync_state,
+)
 from pipeline.tracking.runs import compare_url, run_url
 from pipeline.tracking.store import Store, StoreError, experiment_id, open_store, store_uri
 from pipeline.tracking.summary import Summary, summarise
@@ -175,6 +181,9 @@ class SweepParent:
             "parent_run_id": None, "parent_journal_id": None, "time_ms": start_ms,
             "tags": all_tags, "sweep": {"metric": metric, "direction": direction},
         })
+        # Held until the sweep ends or its process dies: a resume (or sync) of a sweep that
+        # still runs sees it and refuses.
+        self._alive = hold_while_alive(self.journal.path)
         self._heartbeat = Heartbeat(self.store, self.run_id) if self.store and self.run_id else None
         self.status = "RUNNING"
 
@@ -271,6 +280,7 @@ class SweepParent:
         with contextlib.suppress(OSError):
             self.journal.append(names.end_record(status, error))
             self.journal.close()
+        self._alive.close()
         if self.store is not None and self.run_id is not None:
             ended = end_parent(self.store, self.run_id, status, error)
             if ended and counts is not None:  # the parent is whole in the store
