@@ -178,3 +178,28 @@ def test_summary_on_a_real_store_ranks_by_group_mean_and_flags_a_failed_seed(
     assert "did not finish" in groups["note"].iloc[0]
     assert list(summary.leaderboard["optimizer.lr"]) == ["0.01", "0.1"]
     mlflow.set_tracking_uri(None)
+
+
+def test_links_open_the_training_views_on_the_servers_own_address() -> None:
+    """MLflow 3.17's UI opens a fresh browser on its GenAI pages unless the link asks for
+    the training view (checked in headless Chromium on the run, runs-table and compare
+    routes)."""
+    import json
+    from urllib.parse import parse_qs, urlsplit
+
+    from pipeline.tracking.runs import compare_url, experiment_url, run_url
+
+    local = run_url("sqlite:////x/mlflow.db", "3", "abc")
+    assert local == ("http://127.0.0.1:5000/#/experiments/3/runs/abc"
+                     "?workflowType=machine_learning")
+    served = run_url("http://10.0.0.5:5001/", "3", "abc")
+    assert served.startswith("http://10.0.0.5:5001/#/experiments/3/runs/abc?")
+    assert experiment_url("https://mlflow.example.org", "7").endswith(
+        "/#/experiments/7/runs?workflowType=machine_learning")
+    link = compare_url("http://127.0.0.1:5001", ["1", "1"], ["r1", "r2"])
+    route, _, query = urlsplit(link).fragment.partition("?")
+    assert route == "/compare-runs"
+    fields = parse_qs(query)
+    assert json.loads(fields["runs"][0]) == ["r1", "r2"]
+    assert json.loads(fields["experiments"][0]) == ["1"]
+    assert fields["workflowType"] == ["machine_learning"]
