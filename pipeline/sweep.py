@@ -116,10 +116,12 @@ class SweepCallback(Callback):
         except PipelineError as error:
             print(error, file=sys.stderr)
             raise SystemExit(1) from None
-        _open_settings.update(sweep_dir=sweep_dir, max_failures=sweep.max_failures)
+        started = str(int(time.time() * 1000))
+        _open_settings.update(sweep_dir=sweep_dir, max_failures=sweep.max_failures,
+                              started=started)
         env = {PARENT_ENV: _open.run_id or "", JOURNAL_ENV: _open.journal_id,
                THREADS_ENV: str(_threads_per_job(config)), LAUNCHER_PID_ENV: str(os.getpid()),
-               STARTED_ENV: str(int(time.time() * 1000))}
+               STARTED_ENV: started}
         hydra_overrides = config.hydra.overrides.hydra
         with open_dict(config):
             for key, value in env.items():
@@ -311,7 +313,8 @@ def _start_joblib_workers(config: DictConfig) -> threading.Thread | None:
 
     def warm() -> None:
         try:
-            Parallel(**settings)(delayed(_import_job_modules)() for _ in range(workers))
+            Parallel(**settings)(delayed(_import_job_modules)(os.getpid())
+                                 for _ in range(workers))
         except Exception as error:  # only a head start: the sweep works without it
             log.debug("warming up the joblib workers failed: %s", error)
 
@@ -320,8 +323,10 @@ def _start_joblib_workers(config: DictConfig) -> threading.Thread | None:
     return thread
 
 
-def _import_job_modules() -> int:
-    """Import what every job runs (MLflow and its SQL store, the runner); return the pid."""
+def _import_job_modules(launcher: int) -> int:
+    """Import what every job runs (MLflow and its SQL store, the runner) and watch the
+    ``launcher`` process (see :func:`stop_with_launcher`); return this worker's pid."""
+    stop_with_launcher(launcher)
     import pipeline.plots  # forked plot processes inherit matplotlib
     import pipeline.runner
     import pipeline.tracking.shipper  # noqa: F401
@@ -353,8 +358,8 @@ def finish_open_sweep(*, aborted: bool = False, interrupted: bool = False) -> in
     parent, _open = _open, None
     if parent is None:
         return 0
-    sweep_dir = _open_settings.get("sweep_dir")
-    not_started = sum(1 for _ in sweep_dir.rglob(NOT_STARTED)) if sweep_dir else 0
+    not_started = _count_not_started(_open_settings.get("sweep_dir"),
+                                     _open_settings.get("started", ""))
     summary = parent.finish(aborted=aborted, interrupted=interrupted, not_started=not_started,
                             max_failures=_open_settings.get("max_failures"))
     if summary is None:
@@ -363,6 +368,18 @@ def finish_open_sweep(*, aborted: bool = False, interrupted: bool = False) -> in
         return -1 if parent.run_id else 0
     _print_leaderboard(parent, summary, not_started)
     return summary.counts.failed + not_started
+
+
+def _count_not_started(sweep_dir: Path | None, started: str) -> int:
+    """Jobs of this sweep that :func:`job_gate` did not start (a reused sweep folder may
+    hold another sweep's marks)."""
+    if sweep_dir is None:
+        return 0
+    count = 0
+    for mark in sweep_dir.rglob(NOT_STARTED):
+        with contextlib.suppress(OSError):
+            count += mark.read_text().split("\n", 1)[0] == started
+    return count
 
 
 def _print_leaderboard(parent: SweepParent, summary: Any, not_started: int) -> None:
@@ -414,14 +431,16 @@ def job_gate(config: Config, output_dir: Path) -> Skip | None:
     from pipeline.tracking.sweep import failed_children, finished_child
 
     uri = config.tracking.uri
+    mark = output_dir / NOT_STARTED
+    mark.unlink(missing_ok=True)  # a reused sweep folder's
     if sweep.max_failures is not None:
-        since = int(os.environ.get(STARTED_ENV) or 0)
-        failed = failed_children(uri, parent, since)
+        started = os.environ.get(STARTED_ENV) or "0"
+        failed = failed_children(uri, parent, int(started))
         if failed >= sweep.max_failures:
             message = (f"not started: {failed} job(s) of this sweep failed "
                        f"(sweep.max_failures={sweep.max_failures})")
             output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / NOT_STARTED).write_text(message + "\n")
+            mark.write_text(f"{started}\n{message}\n")  # the sweep counts its own marks
             return Skip(message)
     if sweep.resume is not None:
         from pipeline.runner import config_digest
@@ -444,18 +463,27 @@ def in_sweep_worker() -> bool:
 _watching = False
 
 
-def stop_with_launcher() -> None:
+def stop_with_launcher(launcher: int | None = None) -> None:
     """In a sweep's worker process: end this worker's job KILLED (SIGTERM to itself) once
     the launching process is gone, say SIGKILLed, instead of finishing it as an orphan
-    that a resumed sweep would race."""
+    that a resumed sweep would race.
+
+    Only a worker the launcher started itself (joblib's) is watched: its parent process
+    changes when the launcher dies. ``launcher``: its pid (default: the one the sweep
+    passes its jobs).
+    """
     global _watching
-    launcher = os.environ.get(LAUNCHER_PID_ENV)
-    if _watching or not in_sweep_worker() or not launcher or os.getppid() != int(launcher):
+    if launcher is None:
+        given = os.environ.get(LAUNCHER_PID_ENV)
+        if not given or not in_sweep_worker():
+            return
+        launcher = int(given)
+    if _watching or os.getppid() != launcher:
         return
     _watching = True
 
     def watch() -> None:
-        while os.getppid() == int(launcher):
+        while os.getppid() == launcher:
             time.sleep(1.0)
         log.warning("the sweep's launching process is gone: stopping this job")
         os.kill(os.getpid(), signal.SIGTERM)

@@ -367,7 +367,7 @@ def summarise(store: Store, experiment_id: str, parent_id: str, metric: str, dir
     params = [p for p in swept_params(children) if not p.startswith(("param:sweep.",
                                                                      "param:pipeline."))]
     settings = [p for p in params if is_setting(p.removeprefix("param:"))]
-    measured = final_metrics(children)
+    measured = list(dict.fromkeys([*final_metrics(children), metric]))  # none if all failed
     groups = seed_groups(children, settings, measured) if not children.empty else None
     if groups is not None and not (groups["n_runs"] > 1).any():
         groups = None  # one run per configuration: nothing to average
