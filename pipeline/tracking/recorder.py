@@ -390,13 +390,34 @@ def start_run(*, uri: str | None, experiment: str, run_name: str, output_dir: Pa
         run = store.call("start the run", lambda: store.client.create_run(
             exp_id, run_name=run_name, start_time=start_ms, tags=created_tags))
         run_id = run.info.run_id
-    journal = JournalWriter(journal_path, {
-        "journal_id": journal_id, "uri": store.uri if store else store_uri(uri),
-        "experiment": experiment,
-        "run_id": run_id, "run_name": run_name, "parent_run_id": parent_run_id,
-        "parent_journal_id": parent_journal_id, "time_ms": start_ms, "tags": all_tags,
-    })
-    return Recorder(journal, store, run_id, exp_id, max_points=max_points, log_model=log_model)
+    try:
+        journal = JournalWriter(journal_path, {
+            "journal_id": journal_id, "uri": store.uri if store else store_uri(uri),
+            "experiment": experiment,
+            "run_id": run_id, "run_name": run_name, "parent_run_id": parent_run_id,
+            "parent_journal_id": parent_journal_id, "time_ms": start_ms, "tags": all_tags,
+        })
+        return Recorder(journal, store, run_id, exp_id, max_points=max_points,
+                        log_model=log_model)
+    except BaseException as error:  # Ctrl-C, SIGTERM or a full disk: no run left RUNNING
+        if store is not None and run_id is not None:
+            _end_unstarted(store, run_id, error)
+        raise
+
+
+def _end_unstarted(store: Store, run_id: str, error: BaseException) -> None:
+    """End a run created in the store whose recorder never started: KILLED when interrupted,
+    else FAILED, with the cause as its error tag."""
+    from mlflow.entities import RunTag
+
+    status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    cause = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    with contextlib.suppress(Exception):
+        store.call("tag the run", lambda: store.client.log_batch(
+            run_id, tags=[RunTag(names.ERROR_TAG, f"stopped as it started ({cause})")]),
+            budget_s=1.0)
+        store.call("end the run", lambda: store.client.set_terminated(
+            run_id, status=status, end_time=now_ms()), budget_s=1.0)
 
 
 def context_tags(tags: Mapping[str, str], parent_run_id: str | None) -> dict[str, str]:
