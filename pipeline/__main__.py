@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline import paths  # noqa: F401  (registers ${project_root:})
-from pipeline.errors import ConfigError, Terminated
+from pipeline.errors import ConfigError, PipelineError, Terminated
 from pipeline.sweep import (
     JOURNAL_ENV,
     PARENT_ENV,
@@ -33,24 +33,29 @@ def main(cfg: DictConfig) -> float | None:
 
     from pipeline.schema import validate
 
-    config = validate(cfg)  # fails here, before any work, on a bad key, type or value
-    _warnings_as_log_lines()
+    hydra_cfg = HydraConfig.get()
+    in_sweep = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    try:
+        config = validate(cfg)  # fails here, before any work, on a bad key, type or value
+        if not in_sweep:
+            for key in ("replicates", "resume", "max_failures"):
+                if getattr(config.sweep, key) is not None:
+                    raise ConfigError(f"sweep.{key}: applies to a sweep; add -m (python -m "
+                                      "pipeline -m ...) or drop it")
+    except ConfigError as error:
+        if in_sweep:
+            _record_failed_job(cfg, list(hydra_cfg.overrides.task), str(error))
+        return _user_error(error, in_sweep)
 
     from pipeline.runner import format_summary, run
 
-    hydra_cfg = HydraConfig.get()
-    if str(hydra_cfg.mode) != "RunMode.MULTIRUN":
-        for key in ("replicates", "resume", "max_failures"):
-            if getattr(config.sweep, key) is not None:
-                raise ConfigError(f"sweep.{key}: applies to a sweep; add -m (python -m "
-                                  "pipeline -m ...) or drop it")
     output_dir = Path(hydra_cfg.runtime.output_dir)
     stop_with_launcher()
-    skip = job_gate(config, output_dir)
-    if skip is not None:
-        logging.getLogger("pipeline").info("%s", skip.message)
-        return skip.value
     try:
+        skip = job_gate(config, output_dir)
+        if skip is not None:
+            logging.getLogger("pipeline").info("%s", skip.message)
+            return skip.value
         result = run(
             config,
             output_dir=output_dir,
@@ -59,6 +64,8 @@ def main(cfg: DictConfig) -> float | None:
             parent_run_id=os.environ.get(PARENT_ENV) or None,
             parent_journal_id=os.environ.get(JOURNAL_ENV) or None,
         )
+    except PipelineError as error:  # the run, if it started, ended FAILED with this line
+        return _user_error(error, in_sweep)
     except KeyboardInterrupt as stop:
         if in_sweep_worker():
             # The sweep is stopping (pipeline.sweep._stop_sweep): the run ended KILLED; this
@@ -75,21 +82,83 @@ def main(cfg: DictConfig) -> float | None:
     return result.metrics.get(config.sweep.metric)  # what a sweeper (Optuna) optimises
 
 
-def _warnings_as_log_lines() -> None:
-    """Show warnings (e.g. the core's ConvergenceWarning) as one log line each."""
-    import warnings
+def _user_error(error: PipelineError, in_sweep: bool) -> None:
+    """Print a user error as its one line. A single run exits 1 here, past Hydra's framing
+    ("Error executing job with overrides", "Set the environment variable ..."); a sweep's
+    job returns, so the other jobs go on and the sweep counts it from its FAILED run.
+    With ``HYDRA_FULL_ERROR=1`` it is raised, traceback and all."""
+    if os.environ.get(TRACEBACKS_ENV) == "1":
+        raise error
+    print(error, file=sys.stderr, flush=True)
+    if not in_sweep:
+        raise SystemExit(1)
+    return None
 
-    log = logging.getLogger("pipeline")
 
-    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
-        log.warning("%s: %s", category.__name__, message)
+def _record_failed_job(cfg: DictConfig, overrides: list[str], error: str) -> None:
+    """A sweep's job whose config is invalid still becomes a FAILED child run carrying the
+    error, so the sweep counts it (best effort: the store may be what is misconfigured)."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    from omegaconf import OmegaConf
 
-    warnings.showwarning = show
+    def setting(key: str, default: str | None) -> str | None:
+        try:
+            value = OmegaConf.select(cfg, key, default=default)
+        except Exception:
+            return default
+        return None if value is None else str(value)
+
+    from pipeline.tracking.sweep import record_failed_job
+
+    try:
+        record_failed_job(uri=setting("tracking.uri", None),
+                          experiment=setting("tracking.experiment", "mlp-pipeline") or "",
+                          parent_run_id=parent, overrides=overrides, error=error)
+    except Exception as problem:
+        logging.getLogger("pipeline").warning("could not record the failed job: %s", problem)
+
+
+# Whether the user asked for tracebacks (HYDRA_FULL_ERROR=1): cli() sets HYDRA_FULL_ERROR
+# itself, so that Hydra hands every error to it instead of printing its own framing.
+TRACEBACKS_ENV = "PIPELINE_TRACEBACKS"
+
+
+def compose_error_line(error: BaseException) -> str:
+    """Hydra's multi-line message for a config it cannot compose (a key that does not exist,
+    an option that is not there, an override it cannot parse) as one line."""
+    text = "\n".join(str(e) for e in (error, error.__cause__) if e is not None and str(e))
+    parts: list[str] = []
+    options: list[str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("full_key:", "object_type=", "reference_type=",
+                                        "Config search path", "provider=")):
+            continue
+        if raw.startswith(("\t", "    ")) and options is not None:
+            options.append(line)
+            continue
+        if options:
+            parts[-1] += " " + ", ".join(options)
+        options = [] if line.startswith("Available options") else None
+        parts.append(line.rstrip("."))
+    if options:
+        parts[-1] += " " + ", ".join(options)
+    override = getattr(error, "override", None)
+    if override:
+        parts.insert(0, f"cannot parse the override {override!r}")
+    return "; ".join(dict.fromkeys(parts))
 
 
 def cli() -> None:
+    from hydra.errors import HydraException
+
     from pipeline.sweep import finish_open_sweep
 
+    tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ[TRACEBACKS_ENV] = "1" if tracebacks else "0"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     code = 0
     try:
         main()
@@ -98,8 +167,16 @@ def cli() -> None:
         print(f"\n{what}: the run was marked KILLED; its journal and checkpoints so far "
               "were kept", file=sys.stderr)
         code = 143 if isinstance(stop, Terminated) else 130
-    except SystemExit as done:  # Hydra exits 1 after reporting a failed job or a user error
+    except SystemExit as done:  # a user error (one line printed), or a failed sweep job
         code = done.code if isinstance(done.code, int) else 1
+    except HydraException as error:  # Hydra could not compose the config: the user's to fix
+        code = 1
+        if tracebacks:
+            raise
+        print(compose_error_line(error), file=sys.stderr)
+    except BaseException:  # a bug: its traceback, after the sweep's parent is closed
+        code = 1
+        raise
     finally:
         # Hydra skips on_multirun_end when a job failed: close the sweep's parent run here.
         failed = finish_open_sweep(aborted=code != 0, interrupted=code in (130, 143))

@@ -11,6 +11,7 @@ FINISHED, FAILED (with an ``error`` tag) or KILLED.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -95,6 +96,30 @@ def config_digest(config: Config) -> str:
     for key in ("progress", "threads", "checkpoint_every"):
         tree["train"].pop(key, None)
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def warnings_as_log_lines() -> None:
+    """Show warnings (the core's ConvergenceWarning, say) as one log line each, not as
+    Python's two lines with the source line that raised them."""
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        log.warning("%s: %s", category.__name__, message)
+
+    warnings.showwarning = show
+
+
+def _write_error(error: OSError, output_dir: Path, cache_dir: str | None) -> str:
+    """One line for a write that failed: the path, the cause, and the setting that moves
+    that folder (the outputs' hydra.run.dir, the stage cache's pipeline.cache_dir)."""
+    path = Path(error.filename) if error.filename else output_dir
+    cache = resolve_path(cache_dir) if cache_dir else DEFAULT_CACHE
+    setting = ("pipeline.cache_dir" if path.is_relative_to(cache)
+               else "hydra.run.dir" if path.is_relative_to(output_dir)
+               else "hydra.run.dir or pipeline.cache_dir")
+    fix = ("free disk space there or point " if error.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "make it writable or point ")
+    return (f"could not write {path}: {error.strerror or error}; {fix}{setting} at "
+            "another folder")
 
 
 def default_run_name(config: Config) -> str:
@@ -356,6 +381,7 @@ def run(
     metrics."""
     from pipeline.tracking.recorder import start_run
 
+    warnings_as_log_lines()
     output_dir.mkdir(parents=True, exist_ok=True)
     seeds = resolve_seeds(config.seed, {
         "data": getattr(config.data, "seed", None), "split": config.split.seed,
@@ -403,10 +429,13 @@ def run(
             message = f"{_user_error(error)}; lower optimizer.lr or use train.clip=value/norm"
             recorder.fail(message, checkpoints)
             raise PipelineError(message) from error
+        except MemoryError:
+            message = ("out of memory: the model or a batch does not fit in this machine's "
+                       "memory; use smaller model.hidden_sizes or a smaller train.batch_size")
+            recorder.fail(message, checkpoints)
+            raise PipelineError(message) from None
         except OSError as error:  # disk full, unwritable folder: the user's to fix
-            where = f"{error.filename}: " if error.filename else ""
-            message = (f"could not write {where}{error.strerror or error}; free disk space or "
-                       "point hydra.run.dir / pipeline.cache_dir at a writable folder")
+            message = _write_error(error, output_dir, config.pipeline.cache_dir)
             recorder.fail(message, checkpoints)
             raise PipelineError(message) from error
         except BaseException as error:

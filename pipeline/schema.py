@@ -10,7 +10,9 @@ This module imports neither MLflow nor the stages, so a bad config is reported f
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,44 @@ def _check_positive(key: str, value: float, *, allow_zero: bool = False) -> None
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         _fail(key, value, "one of " + ", ".join(choices))
+
+
+MAX_EXPERIMENT_NAME = 256
+MAX_RUN_NAME = 250
+MAX_TAG_KEY, MAX_TAG_VALUE = 250, 8000
+# A model whose parameters, gradients and optimiser state alone need more than this share
+# of the machine's memory is refused before any work (it would end in a MemoryError).
+MEMORY_SHARE = 0.8
+OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "rmsprop": 1, "adam": 2}
+
+
+def _check_length(key: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise ConfigError(f"{key}: {len(value)} characters ({value[:40]!r}...); MLflow stores "
+                          f"at most {limit}: pick a shorter one")
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_model_fits(model: ModelConfig, optimizer: str) -> None:
+    """Refuse hidden layers whose weights alone (hidden to hidden, so whatever the data)
+    cannot fit in memory with their gradients and optimiser state."""
+    sizes = [1, *model.hidden_sizes, 1]  # at least one input and one output unit
+    weights = sum((a + 1) * b for a, b in itertools.pairwise(sizes))
+    itemsize = 4 if model.dtype == "float32" else 8
+    needed = weights * itemsize * (2 + OPTIMIZER_SLOTS.get(optimizer, 2))
+    memory = physical_memory()
+    if memory is not None and needed > MEMORY_SHARE * memory:
+        raise ConfigError(
+            f"model.hidden_sizes: {list(model.hidden_sizes)} needs at least "
+            f"{needed / 2**30:.1f} GiB for its weights, gradients and optimizer state; this "
+            f"machine has {memory / 2**30:.1f} GiB: use smaller hidden layers")
 
 
 def _check_seed(key: str, value: int | None) -> None:
@@ -268,6 +308,10 @@ class TrackingConfig:
     def __post_init__(self) -> None:
         if not self.experiment.strip():
             _fail("tracking.experiment", self.experiment, "must be a non-empty name")
+        # The SQL stores' column widths: longer names fail deep inside MLflow.
+        _check_length("tracking.experiment", self.experiment, MAX_EXPERIMENT_NAME)
+        if self.run_name is not None:
+            _check_length("tracking.run_name", self.run_name, MAX_RUN_NAME)
         _check_choice("tracking.mode", self.mode, ("online", "offline"))
         if self.max_points is not None and self.max_points < 10:
             _fail("tracking.max_points", self.max_points, "must be an integer >= 10, or null "
@@ -322,6 +366,9 @@ class Config:
 
     def __post_init__(self) -> None:
         _check_seed("seed", self.seed)
+        for key, value in self.tags.items():
+            _check_length(f"tags.{key}", str(key), MAX_TAG_KEY)
+            _check_length(f"tags.{key}", str(value), MAX_TAG_VALUE)
         if self.train.early_stopping_patience is not None and self.split.val_fraction == 0:
             _fail("train.early_stopping_patience", self.train.early_stopping_patience,
                   "needs a validation split: set split.val_fraction > 0 or leave it null")
@@ -379,5 +426,6 @@ def validate(cfg: DictConfig) -> Config:
     config = _structured(Config, rest, "")
     config.data = data
     config.optimizer = optimizer
+    _check_model_fits(config.model, optimizer.name)
     return config
 

@@ -63,9 +63,10 @@ def only_run(store: str):
 def assert_user_error(done: subprocess.CompletedProcess, fragment: str) -> str:
     assert done.returncode == 1, done.stdout[-1000:] + done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    lines = [line for line in done.stderr.splitlines()
-             if line and not line.startswith(("Error executing job", "Set the environment"))]
-    message = lines[-1]
+    # The one line alone: none of Hydra's framing around it.
+    assert "Error executing job" not in done.stderr, done.stderr[-2000:]
+    assert "HYDRA_FULL_ERROR" not in done.stderr, done.stderr[-2000:]
+    message = [line for line in done.stderr.splitlines() if line][-1]
     assert fragment.lower() in message.lower(), done.stderr[-2000:]
     return message
 
@@ -114,8 +115,7 @@ def test_drop_na_drops_and_records(tmp_path, store) -> None:
 )
 def test_bad_config_fails_before_any_run(tmp_path, store, override, fragment) -> None:
     done = cli(override, f"tracking.uri={store}", f"hydra.run.dir={tmp_path / 'out'}")
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert fragment in done.stderr
+    assert fragment in assert_user_error(done, fragment)
     assert not Path(store.removeprefix("sqlite:///")).exists()
 
 
@@ -259,3 +259,33 @@ def test_sigkill_leaves_running_until_clean_runs(tmp_path, store) -> None:
     assert done.returncode == 0 and "1 stale run(s) marked KILLED" in done.stdout
     run = only_run(store)
     assert run.info.status == "KILLED" and "heartbeat" in run.data.tags["error"]
+
+
+def test_a_sweep_job_with_a_config_error_is_a_failed_child(tmp_path, store) -> None:
+    """The job whose config is invalid fails alone, as one line, and the sweep counts it."""
+    done = cli("-m", "optimizer.lr=0.02,-1", f"tracking.uri={store}", *QUICK,
+               f"hydra.sweep.dir={tmp_path / 'sweep'}", f"pipeline.cache_dir={tmp_path / 'c'}")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "Error executing job" not in done.stderr
+    line = next(line for line in done.stderr.splitlines() if line.startswith("optimizer.lr"))
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("mlp-pipeline").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("sweep") == "parent")
+    children = {r.data.tags.get("overrides", r.data.params.get("optimizer.lr")): r
+                for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert len(children) == 2
+    failed = [r for r in children.values() if r.info.status == "FAILED"]
+    assert len(failed) == 1 and failed[0].data.tags["error"] == line
+    assert "optimizer.lr=-1" in failed[0].data.tags["overrides"]
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["n_failed"] == "1" and parent.data.tags["error"] == "1 job(s) failed"
+
+
+def test_impossible_model_and_names_fail_before_any_run(tmp_path, store) -> None:
+    done = cli("model.hidden_sizes=[100000,100000]", f"tracking.uri={store}",
+               f"hydra.run.dir={tmp_path / 'out'}")
+    assert "GiB" in assert_user_error(done, "model.hidden_sizes")
+    done = cli(f"tracking.experiment={'x' * 600}", f"tracking.uri={store}",
+               f"hydra.run.dir={tmp_path / 'out'}")
+    assert "600 characters" in assert_user_error(done, "tracking.experiment")
+    assert not Path(store.removeprefix("sqlite:///")).exists()

@@ -95,7 +95,8 @@ def test_he_and_xavier_scales():
 def test_learns_rustnets_rf_task():
     X_train, y_train, X_test, y_test = rf_task()
     model = MLP([2, 12, 1], init="uniform", seed=0)
-    with pytest.warns(ConvergenceWarning, match="still falling"):
+    with warnings.catch_warnings():  # the loss still falls, but at >= 0.99 accuracy: no warning
+        warnings.simplefilter("error", ConvergenceWarning)
         history = model.train(X_train, y_train, learning_rate=0.003, epochs=3000,
                               optimizer="sgd", clip="value", clip_value=1.0)
     assert len(history) == 3000

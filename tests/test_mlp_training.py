@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.mlp import MLP, ConvergenceWarning, TrainingDiverged
+from pipeline.mlp.training import CONVERGENCE_ACCURACY
 
 pytestmark = pytest.mark.filterwarnings("ignore::pipeline.mlp.ConvergenceWarning")
 
@@ -140,13 +141,20 @@ def test_resume_false_restarts_the_epoch_count_and_the_optimiser():
     assert history.epochs == [1, 2] and model.epoch == 2
 
 
-def test_convergence_warning_only_when_still_improving():
+def test_convergence_warning_only_when_still_improving_below_the_accuracy_bar():
     X, y = small_binary()
-    with pytest.warns(ConvergenceWarning, match="epoch limit"):
-        MLP([3, 4, 1], seed=0).train(X, y, learning_rate=0.1, epochs=20)
+    with pytest.warns(ConvergenceWarning, match=r"epoch limit.*train_accuracy 0\.\d+ \(< 0.99\)"):
+        history = MLP([3, 4, 1], seed=0).train(X, y, learning_rate=0.1, epochs=20)
+    assert history.metrics["train_accuracy"][-1] < CONVERGENCE_ACCURACY
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         MLP([3, 4, 1], seed=0).train(X, y, learning_rate=1e-9, epochs=20)  # flat: no warning
+        # Still falling, but every training row is right: no reason to train longer.
+        model = MLP([3, 8, 1], seed=0)
+        history = model.train(X, y, learning_rate=0.01, optimizer="adam", epochs=100)
+    assert history.metrics["train_accuracy"][-1] >= CONVERGENCE_ACCURACY
+    losses = history.metrics["train_loss"]
+    assert losses[-1] < min(losses[:-10]) - 1e-4  # the loss was still falling
 
 
 # ---- early stopping --------------------------------------------------------------------------

@@ -34,9 +34,12 @@ Array = npt.NDArray[np.floating]
 Callback = Callable[[int, dict[str, float], "MLP"], Any]
 
 # ConvergenceWarning when the monitored loss still fell by more than TOL within the last
-# WINDOW epochs before the epoch limit (sklearn's tol and n_iter_no_change defaults).
+# WINDOW epochs before the epoch limit (sklearn's tol and n_iter_no_change defaults) and
+# the monitored accuracy is below CONVERGENCE_ACCURACY: a loss that creeps down on a
+# model that already classifies (almost) everything right is no reason to train longer.
 CONVERGENCE_TOL = 1e-4
 CONVERGENCE_WINDOW = 10
+CONVERGENCE_ACCURACY = 0.99
 # The shuffle stream's default seed is a child of the model seed, independent of the init draws.
 _SHUFFLE_SPAWN_KEY = (1,)
 
@@ -497,7 +500,11 @@ class Loop:
         return TRAIN_METRICS if self.val is None else TRAIN_METRICS + VAL_METRICS
 
     def _warn_if_still_improving(self, history: History) -> None:
-        name = "val_loss" if self.val is not None else "train_loss"
+        prefix = "val" if self.val is not None else "train"
+        name = f"{prefix}_loss"
+        accuracy = history.metrics.get(f"{prefix}_accuracy")
+        if accuracy and accuracy[-1] >= CONVERGENCE_ACCURACY:
+            return
         losses = history.metrics[name]
         if len(losses) > CONVERGENCE_WINDOW:
             earlier, recent = losses[:-CONVERGENCE_WINDOW], losses[-CONVERGENCE_WINDOW:]
@@ -507,7 +514,9 @@ class Loop:
             warnings.warn(
                 f"training stopped at the epoch limit ({self.settings.epochs}) while {name} was "
                 f"still falling (by {min(earlier) - min(recent):.3g} over the last "
-                f"{len(recent)} epochs); more epochs or a larger learning rate may help",
+                f"{len(recent)} epochs) at {prefix}_accuracy "
+                f"{accuracy[-1] if accuracy else float('nan'):.3f} "
+                f"(< {CONVERGENCE_ACCURACY}); more epochs or a larger learning rate may help",
                 ConvergenceWarning, stacklevel=5)  # points at the MLP.train call
 
 

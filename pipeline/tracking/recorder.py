@@ -36,7 +36,7 @@ from pipeline.tracking.journal import (
     now_ms,
 )
 from pipeline.tracking.shipper import Shipper
-from pipeline.tracking.store import Store, StoreError
+from pipeline.tracking.store import Store, StoreError, end_run
 
 log = logging.getLogger("pipeline.tracking")
 
@@ -90,7 +90,11 @@ class Heartbeat(threading.Thread):
                     self.run_id, tags=b), budget_s=LIVE_BUDGET_S)
 
     def stop(self) -> None:
+        """Stop, letting a beat already on its way land first: the run's end drops the tag,
+        and a late beat must not bring it back."""
         self._stop_event.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=LIVE_BUDGET_S + 1.0)
 
 
 class Recorder:
@@ -362,8 +366,7 @@ class Recorder:
 
             store.call("tag the run", lambda: store.client.log_batch(
                 run_id, tags=[RunTag(names.ERROR_TAG, note)]), budget_s=1.0)
-            store.call("end the run", lambda: store.client.set_terminated(
-                run_id, status=final, end_time=now_ms()), budget_s=1.0)
+            end_run(store, run_id, final, end_time=now_ms(), budget_s=1.0)
 
 
 def start_run(*, uri: str | None, experiment: str, run_name: str, output_dir: Path,
@@ -416,8 +419,7 @@ def _end_unstarted(store: Store, run_id: str, error: BaseException) -> None:
         store.call("tag the run", lambda: store.client.log_batch(
             run_id, tags=[RunTag(names.ERROR_TAG, f"stopped as it started ({cause})")]),
             budget_s=1.0)
-        store.call("end the run", lambda: store.client.set_terminated(
-            run_id, status=status, end_time=now_ms()), budget_s=1.0)
+        end_run(store, run_id, status, end_time=now_ms(), budget_s=1.0)
 
 
 def context_tags(tags: Mapping[str, str], parent_run_id: str | None) -> dict[str, str]:

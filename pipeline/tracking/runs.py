@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from pipeline.errors import PipelineError
 from pipeline.tracking import record as names
-from pipeline.tracking.store import Store, open_store
+from pipeline.tracking.store import Store, end_run, open_store
 
 log = logging.getLogger("pipeline.tracking")
 
@@ -176,7 +176,6 @@ def mark_stale_runs(uri: str | None, max_age_s: float) -> list[str]:
                 run_id = run.info.run_id
                 store.call("tag a stale run", lambda r=run_id: client.set_tag(
                     r, names.ERROR_TAG, "stale: no heartbeat, marked KILLED"))
-                store.call("end a stale run", lambda r=run_id: client.set_terminated(
-                    r, status=RunStatus.to_string(RunStatus.KILLED)))
+                end_run(store, run_id, RunStatus.to_string(RunStatus.KILLED))
                 killed.append(run_id)
     return killed

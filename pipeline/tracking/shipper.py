@@ -213,3 +213,6 @@ class Shipper:
         if run.info.status != status or run.info.end_time is None:
             self._call(f"end the run {status}", lambda: self.client.set_terminated(
                 self.run_id, status=status, end_time=int(record["time_ms"])))
+        if names.HEARTBEAT_TAG in run.data.tags:  # only a live run has one
+            self._call("drop the heartbeat", lambda: self.client.delete_tag(
+                self.run_id, names.HEARTBEAT_TAG))

@@ -41,6 +41,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.datastore import file_lock
 from pipeline.errors import TrackingError
 from pipeline.paths import DEFAULT_STORE
+from pipeline.tracking.record import HEARTBEAT_TAG
 
 log = logging.getLogger("pipeline.tracking")
 # urllib3 logs every HTTP retry, and MLflow every database error with its traceback; a
@@ -129,7 +130,9 @@ def explain(error: BaseException) -> str:
     text = f"{type(error).__name__} {error}".lower()
     for mark, cause in CAUSES:
         if mark in text:
-            return cause
+            # A file the store could not write (its artifact folder, say): name it.
+            where = getattr(error, "filename", None)
+            return f"{cause} ({where})" if where else cause
     for mark, cause in UNREACHABLE:
         if mark in text:
             return f"it does not answer ({cause})"
@@ -236,6 +239,19 @@ class Store:
                     f"{explain(failure)}", transient=kind != "permanent") from failure
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def end_run(store: Store, run_id: str, status: str, *, end_time: int | None = None,
+            budget_s: float = 60.0) -> None:
+    """Set a run's final status and drop its heartbeat tag, which only a live run has."""
+    store.call(f"end the run {status}", lambda: store.client.set_terminated(
+        run_id, status=status, end_time=end_time), budget_s=budget_s)
+    drop_heartbeat(store, run_id)
+
+
+def drop_heartbeat(store: Store, run_id: str) -> None:
+    with contextlib.suppress(Exception):  # absent already, or a store that failed meanwhile
+        store.client.delete_tag(run_id, HEARTBEAT_TAG)
 
 
 def import_sql_store() -> None:

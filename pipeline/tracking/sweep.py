@@ -32,7 +32,14 @@ from pipeline.tracking.recorder import (
     write_sync_state,
 )
 from pipeline.tracking.runs import compare_url, run_url
-from pipeline.tracking.store import Store, StoreError, experiment_id, open_store, store_uri
+from pipeline.tracking.store import (
+    Store,
+    StoreError,
+    end_run,
+    experiment_id,
+    open_store,
+    store_uri,
+)
 from pipeline.tracking.summary import Summary, summarise
 
 log = logging.getLogger("pipeline.sweep")
@@ -137,6 +144,21 @@ def finished_child(uri: str | None, parent_id: str, digest: str
     return runs[0].info.run_id, dict(runs[0].data.metrics)
 
 
+def record_failed_job(*, uri: str | None, experiment: str, parent_run_id: str,
+                      overrides: list[str], error: str) -> str:
+    """A FAILED child run of ``parent_run_id`` for a job that could not start (its config
+    is invalid): named after its overrides, with the error tag. Returns its run id."""
+    store = open_store(uri)
+    exp_id = experiment_id(store, experiment)
+    name = ("job " + " ".join(overrides))[:250]
+    tags = context_tags({names.ERROR_TAG: error[:8000], "overrides": " ".join(overrides)[:5000]},
+                        parent_run_id)
+    run = store.call("record the failed job", lambda: store.client.create_run(
+        exp_id, run_name=name, start_time=now_ms(), tags=tags))
+    end_run(store, run.info.run_id, "FAILED", end_time=now_ms())
+    return str(run.info.run_id)
+
+
 def failed_children(uri: str | None, parent_id: str, since_ms: int) -> int:
     """How many children of ``parent_id`` started at or after ``since_ms`` ended FAILED."""
     store = open_store(uri)
@@ -228,8 +250,7 @@ class SweepParent:
             store.call("mark a job of the sweep that died", lambda c=child, m=marks: store
                        .client.log_batch(c, tags=m))
             if dead:
-                store.call("end a job of the sweep that died", lambda c=child: store.client
-                           .set_terminated(c, status="KILLED"))
+                end_run(store, child, "KILLED")
 
     @property
     def url(self) -> str | None:
@@ -301,8 +322,7 @@ def end_parent(store: Store, run_id: str, status: str, error: str | None) -> boo
         if error:
             store.call("tag the sweep's parent run", lambda: store.client.log_batch(
                 run_id, tags=[RunTag(names.ERROR_TAG, error[:8000])]), budget_s=10.0)
-        store.call("end the sweep's parent run", lambda: store.client.set_terminated(
-            run_id, status=status), budget_s=10.0)
+        end_run(store, run_id, status, budget_s=10.0)
     except StoreError as problem:
         log.warning("%s", problem)
         return False
