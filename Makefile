@@ -7,14 +7,24 @@ PYTHON ?= python3.11
 STAMP := $(VENV)/.installed
 STORE := sqlite:///$(ROOT)/mlflow.db
 HOST ?= 127.0.0.1
-PORT ?= 5000
+# PORT= picks the port of `make ui` (default 5000) and of `make serve` (default 5002).
+UI_PORT = $(or $(PORT),5000)
+SERVE_PORT = $(or $(PORT),5002)
+# `make server` listens on SERVER_HOST:SERVER_PORT; `tracking=server` reads the same two
+# variables from the environment (conf/tracking/server.yaml), so runs follow the server.
+SERVER_HOST ?= $(HOST)
 SERVER_PORT ?= 5001
+# How to point runs at a server on a non-default address: SERVER_PORT=5003 make train ...
+SERVER_ENV = $(if $(filter-out 127.0.0.1 0.0.0.0,$(SERVER_HOST)),SERVER_HOST=$(SERVER_HOST) )$(if $(filter-out 5001,$(SERVER_PORT)),SERVER_PORT=$(SERVER_PORT) )
+# One line and exit 1 when a server cannot listen on that address (mlflow server only logs
+# "address already in use" and exits 0).
+CHECK_PORT = $(PY) -m pipeline.serve --check-port
 ARGS ?=
 
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test test-fast lint bench ui server sweep tune rerun compare sync clean clean-runs lock
+.PHONY: help venv train test test-fast lint bench ui server serve sweep tune rerun compare sync clean clean-runs lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -49,12 +59,13 @@ bench: $(STAMP) ## speed: the core vs NumPy, scikit-learn, PyTorch; start-up and
 	$(PY) -m bench $(ARGS)
 
 ui: $(STAMP) ## open the runs: the MLflow UI on http://127.0.0.1:5000 (HOST=, PORT= to change)
+	@$(CHECK_PORT) $(HOST) $(UI_PORT) --target "make ui" --variable PORT
 	@# The store is created (or upgraded) under the lock every run takes, never by the UI
 	@# at the same moment as a run.
 	@$(PY) -m pipeline.tracking.store $(STORE)
-	@echo "MLflow UI: http://$(HOST):$(PORT)/#/experiments  (Ctrl-C stops it)"
+	@echo "MLflow UI: http://$(HOST):$(UI_PORT)/#/experiments  (Ctrl-C stops it)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
-		--backend-store-uri $(STORE) --host $(HOST) --port $(PORT) --workers 1
+		--backend-store-uri $(STORE) --host $(HOST) --port $(UI_PORT) --workers 1
 
 sweep: $(STAMP) ## an example sweep: 3 learning rates x 2 architectures, one MLflow parent run
 	$(PY) -m pipeline -m optimizer.lr=0.001,0.01,0.1 'model.hidden_sizes=[8],[16,8]' \
@@ -63,13 +74,21 @@ sweep: $(STAMP) ## an example sweep: 3 learning rates x 2 architectures, one MLf
 tune: $(STAMP) ## an Optuna search (conf/hparams_search/mlp_optuna.yaml), one MLflow parent run
 	$(PY) -m pipeline hparams_search=mlp_optuna $(ARGS)
 
-server: $(STAMP) ## an MLflow tracking server (sqlite backend, artifacts under mlartifacts/) on 127.0.0.1:5001
+server: $(STAMP) ## an MLflow tracking server (sqlite backend, artifacts under mlartifacts/) on 127.0.0.1:5001 (SERVER_HOST=, SERVER_PORT=)
+	@$(CHECK_PORT) $(SERVER_HOST) $(SERVER_PORT) --target "make server" --variable SERVER_PORT
 	@$(PY) -m pipeline.tracking.store $(or $(BACKEND),sqlite:///$(ROOT)/mlflow-server.db)
-	@echo "MLflow server: http://$(HOST):$(SERVER_PORT)  runs: make train ARGS=tracking=server"
+	@echo "MLflow server: http://$(SERVER_HOST):$(SERVER_PORT)  runs: $(SERVER_ENV)make train ARGS=tracking=server"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
 		--backend-store-uri $(or $(BACKEND),sqlite:///$(ROOT)/mlflow-server.db) \
 		--artifacts-destination $(ROOT)/mlartifacts --serve-artifacts \
-		--host $(HOST) --port $(SERVER_PORT) --workers 1
+		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers 1
+
+serve: $(STAMP) ## serve a run's model over HTTP: make serve RUN_ID=<id> (or MODEL=models:/<model id>) on 127.0.0.1:5002 (HOST=, PORT=, STORE=)
+	@# Resolves the run to models:/<model_id> in STORE (default: the project's mlflow.db),
+	@# then runs `mlflow models serve --env-manager local` with .venv/bin on the PATH
+	@# (MLflow starts uvicorn by name) and MLFLOW_TRACKING_URI=STORE.
+	@PATH="$(VENV)/bin:$$PATH" $(PY) -m pipeline.serve --uri '$(STORE)' --host $(HOST) \
+		--port $(SERVE_PORT) $(if $(RUN_ID),--run-id '$(RUN_ID)') $(if $(MODEL),--model '$(MODEL)')
 
 rerun: $(STAMP) ## rerun a past run and check it reproduces bit for bit: make rerun RUN_ID=<id>
 	@test -n "$(RUN_ID)" || { echo "usage: make rerun RUN_ID=<mlflow run id>"; exit 2; }

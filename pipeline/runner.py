@@ -77,6 +77,12 @@ class RunResult:
     confusion: dict[str, Any] = field(default_factory=dict)
     output_dir: Path | None = None
     journal: Path | None = None
+    model_id: str | None = None  # the run's logged model, served as models:/<model_id>
+    store_uri: str | None = None  # where the run is recorded (None offline)
+
+    @property
+    def model_uri(self) -> str | None:
+        return f"models:/{self.model_id}" if self.model_id else None
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -445,6 +451,7 @@ def run(
         run_id=recorder.run_id, experiment_id=recorder.experiment_id, url=recorder.url,
         metrics=dict(outcome.metrics), confusion=dict(outcome.confusion),
         output_dir=output_dir, journal=recorder.journal_path,
+        model_id=recorder.model_id, store_uri=recorder.store_uri,
     )
 
 
@@ -567,6 +574,14 @@ def format_summary(result: RunResult) -> str:
     if result.run_id is not None:
         lines.append(f"MLflow run {result.run_id}")
         lines.append(f"  open it: make ui, then {result.url}")
+        if result.model_uri is not None:
+            from pipeline.paths import DEFAULT_STORE
+
+            # `make serve` reads the project's store unless told another (STORE=).
+            other = result.store_uri not in (None, f"sqlite:///{DEFAULT_STORE}")
+            store = f" STORE={result.store_uri}" if other else ""
+            lines.append(f"  model: {result.model_uri}")
+            lines.append(f"  serve it: make serve MODEL={result.model_uri}{store}")
     else:
         lines.append(f"Offline run: recorded in {result.journal}")
         lines.append(f"  send it to the store: make sync DIR={result.output_dir}")

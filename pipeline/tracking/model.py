@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import mlflow
 import numpy as np
@@ -14,11 +15,14 @@ import pandas as pd
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
+from pipeline.errors import TrackingError
 from pipeline.paths import PROJECT_ROOT
-from pipeline.tracking.store import Store
+from pipeline.tracking.labels import integer_classes
+from pipeline.tracking.store import Store, StoreError, explain, sqlite_path
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 MODEL_NAME = "model"
+T = TypeVar("T")
 
 
 def _requirements() -> list[str]:
@@ -34,9 +38,12 @@ def _requirements() -> list[str]:
 
 
 def signature(features: Sequence[str], classes: Sequence[str]) -> ModelSignature:
+    """Raw feature columns (double) in; ``predicted_label`` (long for integer classes, else
+    string), ``probability`` and ``probability_<class>`` out."""
     inputs = Schema([ColSpec("double", name) for name in features])
+    label_type = "long" if integer_classes(classes) else "string"
     outputs = Schema(
-        [ColSpec("string", "predicted_label"), ColSpec("double", "probability")]
+        [ColSpec(label_type, "predicted_label"), ColSpec("double", "probability")]
         + [ColSpec("double", f"probability_{c}") for c in classes]
     )
     return ModelSignature(inputs=inputs, outputs=outputs)
@@ -90,3 +97,73 @@ def log_model(store: Store, experiment_id: str, run_id: str, checkpoint: Path,
         return str(info.model_id)
 
     return store.call("log the model", log, budget_s=budget_s)
+
+
+# -- serving (``make serve``) ------------------------------------------------------------
+def model_uri(model_id: str) -> str:
+    """The URI MLflow 3 resolves a logged model by: ``models:/<model_id>``."""
+    return f"models:/{model_id}"
+
+
+class ModelNotFound(TrackingError):
+    """The run or model to serve is not in the store; the message is one line."""
+
+
+def served_model(uri: str, *, run_id: str | None = None,
+                 model: str | None = None) -> tuple[str, list[str] | None]:
+    """The URI to serve (``models:/<model_id>`` for a run) and the model's input columns
+    (None when its signature does not name them).
+
+    ``model`` is served as given (``models:/<id>``, a registered ``models:/<name>/<version>``
+    or a local folder); a ``models:/m-...`` id is checked. Raises :class:`ModelNotFound`
+    (one line) for a missing store, run or model, or a run without a model.
+    """
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ModelNotFound(f"no MLflow store at {db}: train a run first (make train), or "
+                            "point STORE= at the store that holds it")
+    store = Store(uri, MlflowClient(tracking_uri=uri))
+    if model is None:
+        if not run_id:
+            raise ModelNotFound("name the model: RUN_ID=<run id> or MODEL=models:/<model id>")
+        run = _lookup(store, "read the run", lambda: store.client.get_run(run_id),
+                      f"RUN_ID={run_id}: no such run in {uri}")
+        model_id = logged_model_id(store, run.info.experiment_id, run_id, budget_s=20.0)
+        if model_id is None:
+            raise ModelNotFound(
+                f"RUN_ID={run_id}: the run ({run.info.status}) has no logged model (trained "
+                "with tracking.log_model=false, offline and not synced, or stopped before "
+                "its model was logged); serve another run")
+        model = model_uri(model_id)
+    elif model.startswith("models:/m-"):
+        model_id = model.removeprefix("models:/").split("/", 1)[0]
+        _lookup(store, "read the model", lambda: store.client.get_logged_model(model_id),
+                f"MODEL={model}: no such logged model in {uri}")
+    mlflow.set_tracking_uri(uri)  # for reading the model's signature
+    return model, _input_columns(model)
+
+
+def _lookup(store: Store, what: str, action: Callable[[], T], missing: str) -> T:
+    try:
+        return store.call(what, action, budget_s=20.0)
+    except StoreError as error:
+        cause = error.__cause__
+        if getattr(cause, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+            raise ModelNotFound(missing) from None
+        if cause is not None and "not found" in str(cause).lower():
+            raise ModelNotFound(missing) from None
+        raise ModelNotFound(f"cannot {what} in the MLflow store at {store.uri}: "
+                            f"{explain(cause or error)}") from None
+
+
+def _input_columns(model: str) -> list[str] | None:
+    """The column names of the model's input signature (None if it has none)."""
+    try:
+        info = mlflow.models.get_model_info(model)
+    except Exception:  # an unusual URI: serving reports what is wrong with it
+        return None
+    inputs = info.signature.inputs if info.signature is not None else None
+    names = inputs.input_names() if inputs is not None else None
+    return [str(n) for n in names] if names and all(isinstance(n, str) for n in names) else None

@@ -4,6 +4,9 @@ MLflow copies this file into the run's ``model/`` artifact and executes it when 
 model is loaded, so nothing is pickled. The model reads the JSON checkpoint
 (weights, normalisation statistics, class names) and predicts from raw,
 un-normalised feature columns, exactly as the pipeline's evaluate stage does.
+
+``predicted_label`` keeps the label's type: integers for integer labels (0/1), text for
+named classes (see :mod:`pipeline.tracking.labels`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.mlp import MLP
+from pipeline.tracking.labels import class_labels
 from stages.normalise import Normaliser
 
 
@@ -26,7 +30,8 @@ class MLPClassifierModel(mlflow.pyfunc.PythonModel):
         meta = self.model.metadata
         self.normaliser = Normaliser.from_dict(meta["normaliser"])
         self.features: list[str] = list(meta["feature_names"])
-        self.classes: list[str] = [str(c) for c in meta["classes"]]
+        self.classes: list[str] = [str(c) for c in meta["classes"]]  # column names
+        self.labels: list[int] | list[str] = class_labels(self.classes)  # predicted_label
 
     # pd.DataFrame is a hint MLflow accepts without deriving a schema from it: the logged
     # signature describes the columns.
@@ -54,7 +59,11 @@ class MLPClassifierModel(mlflow.pyfunc.PythonModel):
             columns = {"probability": proba[np.arange(len(proba)), index]}
             per_class = proba
         out = pd.DataFrame(columns)
-        out.insert(0, "predicted_label", [self.classes[i] for i in index])
+        if isinstance(self.labels[0], int):
+            predicted: Any = np.asarray(self.labels, dtype=np.int64)[index]
+        else:
+            predicted = [self.labels[i] for i in index]
+        out.insert(0, "predicted_label", predicted)
         for k, name in enumerate(self.classes):
             out[f"probability_{name}"] = per_class[:, k]
         return out

@@ -138,6 +138,11 @@ class Recorder:
         return self.store.uri if self.store is not None else None
 
     @property
+    def model_id(self) -> str | None:
+        """The id of the model logged for the run (None: none logged, or not yet)."""
+        return self._shipper.model_id if self._shipper is not None else None
+
+    @property
     def url(self) -> str | None:
         """The run's page in the MLflow UI (None offline)."""
         from pipeline.tracking.runs import run_url
