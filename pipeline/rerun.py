@@ -122,6 +122,69 @@ def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") 
     return changes
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load that refuses YAML aliases: a stored config never has them (it is written
+    by yaml.safe_dump of fresh dicts), and a crafted one could expand exponentially."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"a YAML alias at line {mark.line + 1}")
+        return super().compose_node(parent, index)
+
+
+_PLAIN = (str, int, float, bool, type(None))  # what yaml.safe_dump of a config writes
+
+
+def _foreign(node: Any, where: str = "") -> tuple[str, Any] | None:
+    """The first key (dotted path) whose name or value holds ``${``, or whose value is not a
+    plain YAML scalar, mapping or list; and that name or value."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if "${" in str(key):
+                return path, str(key)
+            found = _foreign(value, path)
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            found = _foreign(item, f"{where}[{i}]")
+            if found is not None:
+                return found
+    elif (isinstance(node, str) and "${" in node) or not isinstance(node, _PLAIN):
+        return where, node
+    return None
+
+
+def load_stored_config(run_id: str, text: str) -> dict[str, Any]:
+    """The run's stored config.yaml as a plain dict, refused (PipelineError, one line) unless
+    it is a YAML mapping free of interpolations.
+
+    The stored config is the RESOLVED config, so any ``${...}`` in it (oc.env, oc.decode,
+    a custom resolver, even a plain reference) did not come from this pipeline; resolving
+    it would read the rerunning user's environment or files. Nothing is resolved here.
+    """
+    where = f"rerun: the stored config of run {run_id}"
+    try:
+        recorded = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: plain types only
+    except (yaml.YAMLError, RecursionError) as error:
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PipelineError(f"{where} is not plain YAML ({problem}); refusing it") from None
+    if not isinstance(recorded, dict):
+        raise PipelineError(f"{where} is {type(recorded).__name__}, not a mapping; refusing it")
+    found = _foreign(recorded)
+    if found is not None:
+        key, value = found
+        if not isinstance(value, str):
+            raise PipelineError(f"{where} has a {type(value).__name__} at {key}, which no "
+                                "config holds; refusing it")
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise PipelineError(f"{where} has an interpolation at {key} ({shown!r}); refusing "
+                            "to resolve it")
+    return recorded
+
+
 def rerun(run_id: str, overrides: list[str]) -> int:
     """Rerun ``run_id`` and compare; return the exit code (0: bit-identical)."""
     from pipeline.paths import PROJECT_ROOT
@@ -139,7 +202,7 @@ def rerun(run_id: str, overrides: list[str]) -> int:
             f"run {run_id} has no config.yaml artifact (a failed run, or not made by this "
             "pipeline); only finished pipeline runs can be rerun"
         )
-    recorded = yaml.safe_load(text)
+    recorded = load_stored_config(run_id, text)  # before anything could resolve it
     cfg = OmegaConf.create(recorded)
     cfg.tracking.uri = runs.uri
     cfg.tracking.mode = "online"  # compared with the original, in its store

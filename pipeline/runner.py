@@ -57,7 +57,7 @@ from stages.generate import generate_rf
 from stages.load_csv import DroppedRowsWarning, load_csv
 from stages.normalise import NormalisedSplits, Normaliser, normalise
 from stages.split import Splits, split_dataset
-from stages.train import build_model, train_model
+from stages.train import Architecture, build_model, plan_architecture, train_model
 
 log = logging.getLogger("pipeline")
 
@@ -334,9 +334,54 @@ def _start_model(config: Config, n_features: int, n_classes: int, seeds: Mapping
 
         checkpoint, label = fetch_checkpoint(config.tracking.uri, spec, output_dir / "resume")
     model = MLP.load(checkpoint)
+    planned = plan_architecture(
+        n_features, n_classes, hidden_sizes=config.model.hidden_sizes,
+        activation=config.model.activations, output=config.model.output,
+        dtype=config.model.dtype,
+    )
+    mismatch = _architecture_mismatch(label, Architecture.of(model), planned, config,
+                                      n_classes)
+    if mismatch is not None:
+        raise PipelineError(mismatch)
     log.info("resuming from %s (epoch %d)", label, model.epoch)
     return model, TrainingPlan(first=model.epoch + 1, last=config.train.epochs,
                                resumed_from=spec, checkpoint=label)
+
+
+def _architecture_mismatch(label: str, found: Architecture, planned: Architecture,
+                           config: Config, n_classes: int) -> str | None:
+    """One line when the checkpoint's architecture is not the configured one (the run's
+    params and name would describe a model it did not train), with the overrides that make
+    the config match it; None when they agree."""
+    if found == planned:
+        return None
+    fixes, data = [], []
+    if found.layer_sizes[0] != planned.layer_sizes[0]:
+        data.append(f"it takes {found.layer_sizes[0]} input features, the data has "
+                    f"{planned.layer_sizes[0]}")
+    if found.hidden_sizes != planned.hidden_sizes:
+        fixes.append(f"model.hidden_sizes=[{','.join(map(str, found.hidden_sizes))}]")
+    setting = config.model.activations
+    names = ((setting,) * len(found.activations) if isinstance(setting, str)
+             else tuple(setting))
+    if names != found.activations:
+        fixes.append(f"model.activation={found.activations[0]}"
+                     if len(set(found.activations)) == 1
+                     else f"model.activation=[{','.join(found.activations)}]")
+    classes = 2 if found.output == "sigmoid" else found.layer_sizes[-1]
+    if classes != n_classes:
+        data.append(f"it predicts {classes} classes, the data has {n_classes}")
+    elif found.output != planned.output:
+        fixes.append(f"model.output={found.output}")
+    if found.dtype != planned.dtype:
+        fixes.append(f"model.dtype={found.dtype}")
+    head = (f"train.resume_from: the checkpoint {label} holds {found}, but the config "
+            f"builds {planned}")
+    if data:
+        also = f", with {' '.join(fixes)}" if fixes else ""
+        return (f"{head}; {' and '.join(data)}: resume it on the data it was trained on"
+                f"{also}, or drop train.resume_from")
+    return f"{head}; to resume it, add {' '.join(fixes)} (or drop train.resume_from)"
 
 
 class _Checkpointer:

@@ -23,15 +23,24 @@ Layout (``format_version`` 1; keys are written sorted, lists of lists are row-ma
 Numbers are written by Python's float repr, which round-trips float64 exactly; float32 values
 go through float64, which is exact too, so a loaded model predicts bit-for-bit the same.
 Nothing is unpickled or executed on loading.
+
+A checkpoint is untrusted input, so ``load`` checks it before allocating for it: only a
+regular file no larger than the memory budget allows is read (its parsed JSON can take ~32
+bytes of Python objects per byte of text), and the declared ``layer_sizes`` (a list of at
+most ``MAX_LAYERS`` ints >= 1) must fit both the file (every number takes at least 2 bytes of
+text) and the memory budget (``default_memory_budget``: a quarter of physical memory) before
+any array of that size exists.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import numbers
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +57,14 @@ from .optimizers import make_optimizer
 from .training import TrainingState
 
 FORMAT_VERSION = 1
+
+# Limits for loading untrusted files (see the module docstring).
+MEMORY_FRACTION = 0.25  # of physical memory: the memory budget of one load
+PARAMETER_COPIES = 4  # float64 copies of the parameters alive while loading (model, up to two
+# optimiser states, one array being decoded)
+JSON_EXPANSION = 32  # worst-case bytes of parsed Python objects per byte of JSON ('[],' -> 64)
+MIN_BYTES_PER_NUMBER = 2  # a number is >= 1 character, then a ',' or a ']'
+MAX_LAYERS = 1024  # entries in layer_sizes
 
 
 # ---- writing ---------------------------------------------------------------------------------
@@ -299,7 +316,68 @@ def _training_state(obj: Any, model: MLP) -> TrainingState:
                          clip_value=float(clip_value))
 
 
-def _decode(data: Any) -> MLP:
+def default_memory_budget() -> int:
+    """Bytes one checkpoint may take while loading: ``MEMORY_FRACTION`` of physical memory
+    (of 4 GiB where the platform does not report it)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        total = 4 * 2**30
+    return int(total * MEMORY_FRACTION)
+
+
+def _bytes(n: int) -> str:
+    """A byte count for people: '2,113 bytes', '1.5 MB', '6.4 GB'."""
+    if n < 10_000:
+        return f"{n:,} bytes"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1e3:.1f} KB"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _sizes_text(sizes: list[int]) -> str:
+    """layer_sizes as written, shortened when long: '[2, 20000, 20000, 1]'."""
+    if len(sizes) <= 12:
+        return str(sizes)
+    return (f"[{', '.join(map(str, sizes[:6]))}, ... {len(sizes) - 8} more ..., "
+            f"{', '.join(map(str, sizes[-2:]))}]")
+
+
+def _layer_sizes(arch: dict[str, Any]) -> list[int]:
+    """architecture.layer_sizes, checked to be 2..MAX_LAYERS ints >= 1."""
+    sizes = _field(arch, "layer_sizes", "architecture.", "list")
+    if not 2 <= len(sizes) <= MAX_LAYERS:
+        raise _Problem(f"architecture.layer_sizes has {len(sizes)} entries; it needs 2 to "
+                       f"{MAX_LAYERS} (inputs, hidden layers, outputs)")
+    for i, size in enumerate(sizes):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise _Problem(f"architecture.layer_sizes[{i}] must be an int >= 1, "
+                           f"got {_short(size)}")
+    return sizes
+
+
+def _check_declared_size(sizes: list[int], file_size: int | None, budget: int) -> None:
+    """Refuse layer_sizes whose parameters the file cannot hold or memory cannot take,
+    before anything of that size is allocated."""
+    n_params = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(sizes))
+    declared = f"layer_sizes {_sizes_text(sizes)} declares {n_params:,} parameters"
+    if file_size is not None and n_params * MIN_BYTES_PER_NUMBER > file_size:
+        raise _Problem(f"{declared}, but a file of {_bytes(file_size)} holds at most "
+                       f"{file_size // MIN_BYTES_PER_NUMBER:,} numbers; it is truncated or its "
+                       "architecture is false")
+    need = n_params * np.dtype(np.float64).itemsize * PARAMETER_COPIES
+    if need > budget:
+        raise _Problem(f"{declared}, which need {_bytes(need)} to load, over the memory "
+                       f"budget of {_bytes(budget)} for loading a checkpoint")
+
+
+def _decode(data: Any, file_size: int | None, budget: int) -> MLP:
     if not isinstance(data, dict):
         raise _Problem(f"expected a JSON object at the top level, got {_kind(data)}")
     version = _field(data, "format_version", "", "int")
@@ -308,7 +386,8 @@ def _decode(data: Any) -> MLP:
                        f"(this code reads version {FORMAT_VERSION})")
     arch = _field(data, "architecture", "", "object")
     w = "architecture."
-    layer_sizes = _field(arch, "layer_sizes", w, "list")
+    layer_sizes = _layer_sizes(arch)
+    _check_declared_size(layer_sizes, file_size, budget)  # before MLP() allocates for them
     activations = _field(arch, "activations", w, "list")
     try:
         model = MLP(layer_sizes, hidden_activation=activations,
@@ -328,24 +407,55 @@ def _decode(data: Any) -> MLP:
     return model
 
 
-def from_dict(data: Any, source: str = "<dict>") -> MLP:
-    """A model from checkpoint content; CheckpointError naming ``source`` if invalid."""
+def from_dict(data: Any, source: str = "<dict>", *, memory_budget: int | None = None,
+              file_size: int | None = None) -> MLP:
+    """A model from checkpoint content; CheckpointError naming ``source`` if invalid.
+
+    The declared layer_sizes must fit ``memory_budget`` bytes (default:
+    ``default_memory_budget()``) and, when the content came from a file of ``file_size``
+    bytes, that file.
+    """
+    budget = default_memory_budget() if memory_budget is None else memory_budget
     try:
-        return _decode(data)
+        return _decode(data, file_size, budget)
     except _Problem as problem:
         raise CheckpointError(source, str(problem)) from None
 
 
-def load(path: str | os.PathLike[str]) -> MLP:
-    """``MLP.load``: read and check a checkpoint file."""
-    try:
-        raw = Path(path).read_bytes()
+def _read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of the regular file ``path`` if it has at most ``limit`` of them."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:  # O_NONBLOCK: a named pipe must not block the open
+        with open(os.open(path, flags), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if stat.S_ISDIR(info.st_mode):
+                raise CheckpointError(path, "it is a directory, not a checkpoint file")
+            if not stat.S_ISREG(info.st_mode):
+                raise CheckpointError(path, "not a regular file (a pipe or a device?), so "
+                                            "not a checkpoint")
+            if info.st_size > limit:
+                raise CheckpointError(
+                    path, f"the file is {_bytes(info.st_size)}, over the {_bytes(limit)} a "
+                          f"checkpoint may be (parsing it must fit the memory budget of "
+                          f"{_bytes(limit * JSON_EXPANSION)}); it is not a checkpoint this "
+                          "machine can load")
+            raw = handle.read(limit + 1)  # the file may have grown since fstat
     except FileNotFoundError:
         raise CheckpointError(path, "no such file") from None
     except IsADirectoryError:
         raise CheckpointError(path, "it is a directory, not a checkpoint file") from None
     except OSError as error:
         raise CheckpointError(path, f"cannot read it ({error.strerror})") from None
+    if len(raw) > limit:
+        raise CheckpointError(path, f"the file grew past {_bytes(limit)} while being read")
+    return raw
+
+
+def load(path: str | os.PathLike[str], *, memory_budget: int | None = None) -> MLP:
+    """``MLP.load``: read and check a checkpoint file, within ``memory_budget`` bytes
+    (default: ``default_memory_budget()``; see the module docstring for what is checked)."""
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+    raw = _read_bounded(path, budget // JSON_EXPANSION)
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -355,4 +465,7 @@ def load(path: str | os.PathLike[str]) -> MLP:
                                     f"column {error.colno}); is it truncated?") from None
     except RecursionError:
         raise CheckpointError(path, "JSON nested too deeply") from None
-    return from_dict(data, os.fspath(path))
+    except ValueError as error:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise CheckpointError(path, f"it holds a number it cannot read "
+                                    f"({str(error).split(':')[0]})") from None
+    return from_dict(data, os.fspath(path), memory_budget=budget, file_size=len(raw))
