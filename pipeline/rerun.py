@@ -207,6 +207,7 @@ def rerun(run_id: str, overrides: list[str]) -> int:
     cfg.tracking.uri = runs.uri
     cfg.tracking.mode = "online"  # compared with the original, in its store
     cfg.train.progress = "false"
+    cfg.tracking.run_name = f"{(original.name or run_id)[:243]}-rerun"  # told apart in the UI
     if changes:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(changes))
     config = validate(cfg)

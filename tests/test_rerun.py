@@ -65,6 +65,9 @@ def test_rerun_reports_bit_for_bit_then_a_changed_config(tmp_path, store) -> Non
     reruns = client.search_runs([client.get_run(original).info.experiment_id],
                                 filter_string=f"tags.reproduces = '{original}'")
     assert len(reruns) == 1 and reruns[0].data.tags["reproduced"] == "bit for bit"
+    assert reruns[0].info.run_name == client.get_run(original).info.run_name + "-rerun"
+    assert "pipeline.heartbeat" not in reruns[0].data.tags  # only a live run has one
+    assert "warnings.warn(" not in done.stderr  # a warning is one log line, no source line
 
     changed = cli(tmp_path, original, f"tracking.uri={store}", "optimizer.lr=0.05",
                   module="pipeline.rerun")
