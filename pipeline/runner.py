@@ -259,12 +259,10 @@ def run_data_stages(
     else:
         stage = "load_csv"
         path = resolve_path(config.data.path)
-        if not path.is_file():
-            raise DataError(
-                f"data.path: {str(path)!r} "
-                + ("is a directory" if path.is_dir() else "does not exist")
-                + "; point data.path at a CSV file"
-            )
+        from stages.load_csv import check_csv_path
+
+        # missing, a directory, FIFO, device or socket, unreadable: one line, never blocks
+        check_csv_path(path)
         inputs = {"file": digest_file(path)}
         data_cfg["path"] = str(path)
         source = str(path)
@@ -275,7 +273,8 @@ def run_data_stages(
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", DroppedRowsWarning)
                 loaded = load_csv(path, label_column=label, header=header,
-                                  delimiter=config.data.delimiter, drop_na=config.data.drop_na)
+                                  delimiter=config.data.delimiter, drop_na=config.data.drop_na,
+                                  decimal=config.data.decimal)
             for warning in caught:
                 if isinstance(warning.message, DroppedRowsWarning):
                     dropped.append(warning.message.n_dropped)

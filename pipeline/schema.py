@@ -119,6 +119,7 @@ class CSVDataConfig:
     header: Any = "auto"
     delimiter: str | None = None
     drop_na: bool = False
+    decimal: str = "."
 
     def __post_init__(self) -> None:
         if not self.path or self.path == "???":
@@ -137,6 +138,15 @@ class CSVDataConfig:
         if self.delimiter is not None and len(self.delimiter) != 1:
             _fail("data.delimiter", self.delimiter, "must be one character (e.g. ',' ';' '|') "
                   "or null to detect")
+        decimal = {"comma": ",", "point": ".", "dot": "."}.get(str(self.decimal).lower(),
+                                                                self.decimal)
+        if decimal not in (".", ","):
+            _fail("data.decimal", self.decimal, "must be '.' (the default) or ',' for decimal "
+                  "commas such as 1,5 (on a shell: data.decimal=comma)")
+        if decimal == "," and self.delimiter == ",":
+            raise ConfigError("data.decimal: ',' and data.delimiter: ',' cannot both be the "
+                              "comma; set data.delimiter=';' (or null to detect it)")
+        self.decimal = decimal
 
 
 DATA_SCHEMAS: dict[str, type] = {"rf": RFDataConfig, "csv": CSVDataConfig}

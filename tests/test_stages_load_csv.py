@@ -1,16 +1,29 @@
-"""load_csv: RustNet's diabetes CSV, header/delimiter/label detection, one test per error."""
+"""load_csv: RustNet's diabetes CSV, header/delimiter/label detection, one test per error,
+decimal commas, what data.path may point at, large files against pandas."""
 
+import contextlib
+import csv
+import io
+import os
+import socket
 import tempfile
+import threading
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import stages.load_csv as load_csv_module
+from pipeline.errors import ConfigError
+from pipeline.schema import validate
 from stages.dataset import DataError, Dataset
-from stages.load_csv import DroppedRowsWarning, load_csv
+from stages.load_csv import DroppedRowsWarning, check_csv_path, load_csv
 
 DIABETES = Path(__file__).resolve().parents[1] / "data" / "rustnet_diabetes.csv"
 
@@ -297,6 +310,7 @@ def test_duplicate_header_names(tmp_path: Path) -> None:
         ({"drop_na": "no"}, "data.drop_na"),
         ({"label_column": 1.5}, "data.label_column"),
         ({"label_column": True}, "data.label_column"),
+        ({"decimal": "·"}, "data.decimal"),
     ],
 )
 def test_bad_options_name_the_key(tmp_path: Path, kwargs: dict, key: str) -> None:
@@ -374,3 +388,281 @@ def test_written_numbers_are_read_back_exactly(X: list[tuple[float, float, str]]
         data = load_csv(write(Path(tmp), text))
     assert data.X.tolist() == [[a, b] for a, b, _ in X]
     assert [data.classes[i] for i in data.y] == [c for _, _, c in X]
+
+
+# ---------------------------------------------------------------- decimal commas (data.decimal)
+
+
+def test_decimal_comma_file_reads_with_decimal_comma(tmp_path: Path) -> None:
+    text = "a;b;c;y\n-0,884;1,5;3;0\n2,25e1;-,5;1e-3;1\n0,0;7,;+4,75;1\n"
+    data = load_text(tmp_path, text, decimal=",")
+    assert data.feature_names == ("a", "b", "c")
+    assert data.X.tolist() == [[-0.884, 1.5, 3.0], [22.5, -0.5, 0.001], [0.0, 7.0, 4.75]]
+    assert data.y.tolist() == [0, 1, 1]
+    assert load_text(tmp_path, text, decimal="comma").X.tolist() == data.X.tolist()
+
+
+def test_decimal_comma_headerless_diabetes_matches_the_original(tmp_path: Path) -> None:
+    # RustNet's diabetes CSV as a European export writes it: ';' between fields, ',' decimals
+    european = DIABETES.read_text().replace(",", ";").replace(".", ",")
+    data = load_text(tmp_path, european, decimal=",")
+    assert data.digest() == load_csv(DIABETES).digest()
+    # with the default, ',' and ';' split its rows equally well: the line names data.decimal
+    message = error_of(tmp_path, european)
+    assert "data.delimiter" in message and "data.decimal=comma" in message and "'33,6'" in message
+
+
+def test_default_decimal_names_the_fix_in_one_line(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "x0;x1;x2;y\n1;2;-0,884;0\n3;4;0,5;1\n5;6;1,25;0\n")
+    assert message == ("data.path: column 'x2' holds decimal commas ('-0,884' at line 2); "
+                       "add data.decimal=comma")
+
+
+def test_decimal_comma_rejects_a_decimal_point(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "a;y\n1,5;0\n1.234,5;1\n", decimal=",")
+    assert "column 'a'" in message and "'1.234,5'" in message and "line 3" in message
+    assert "data.decimal" in message
+
+
+def test_decimal_comma_labels_and_missing_values(tmp_path: Path) -> None:
+    text = "a;y\n1,5;1,0\n2;0\nNA;1\n3,5;0,0\n"
+    with pytest.warns(DroppedRowsWarning) as record:
+        data = load_text(tmp_path, text, decimal=",", drop_na=True)
+    assert data.X.tolist() == [[1.5], [2.0], [3.5]]
+    assert data.classes == ("0", "1") and data.y.tolist() == [1, 0, 0]
+    warning = record[0].message
+    assert isinstance(warning, DroppedRowsWarning) and warning.lines == (4,)
+
+
+def test_decimal_comma_cannot_also_be_the_delimiter(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "1;0\n2;1\n", decimal=",", delimiter=",")
+    assert "data.decimal" in message and "data.delimiter" in message
+
+
+@pytest.mark.parametrize("decimal", [";", ",,", "", "komma"])
+def test_bad_decimal_names_the_key(tmp_path: Path, decimal: str) -> None:
+    assert "data.decimal" in error_of(tmp_path, "1,0\n2,1\n", decimal=decimal)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["data.decimal=x"], "data.decimal: got 'x'"),
+        (["data.decimal=';'"], "data.decimal: got ';'"),
+        (["data.decimal=',,'"], "data.decimal: got ',,'"),
+        (["data.decimal=','", "data.delimiter=','"], "data.delimiter"),
+    ],
+)
+def test_schema_rejects_bad_decimal(compose_cfg, overrides: list[str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=r"data\.decimal") as info:
+        validate(compose_cfg("data=csv", "data.path=some.csv", *overrides))
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "decimal"), [("','", ","), ("comma", ","), ("'.'", ".")])
+def test_schema_accepts_decimal(compose_cfg, value: str, decimal: str) -> None:
+    config = validate(compose_cfg("data=csv", "data.path=some.csv", f"data.decimal={value}",
+                                  "data.delimiter=';'"))
+    assert config.data.decimal == decimal
+    assert validate(compose_cfg("data=csv", "data.path=some.csv")).data.decimal == "."
+
+
+# ---------------------------------------------------------------- what data.path points at
+
+
+def call_with_timeout(fn: Callable[[], object], seconds: float) -> BaseException | None:
+    """The exception ``fn`` raised in a thread, or pytest.fail if it is still running."""
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as err:  # handed to the test
+            outcome.append(err)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"still running after {seconds} s (blocked?)")
+    return outcome[0]
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "stream.csv"
+    os.mkfifo(fifo)
+    try:
+        error = call_with_timeout(lambda: load_csv(fifo), 20)
+    finally:  # a reader blocked in open() would return once a writer appears
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert isinstance(error, DataError)
+    assert str(error) == (f"data.path: {str(fifo)!r} is a named pipe (FIFO), not a file; save "
+                          "what it streams to a file and point data.path at that file")
+    assert isinstance(call_with_timeout(lambda: check_csv_path(fifo), 20), DataError)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero here")
+def test_character_device() -> None:
+    error = call_with_timeout(lambda: load_csv("/dev/zero"), 20)
+    assert str(error) == ("data.path: '/dev/zero' is a character device, not a file; "
+                          "point data.path at a CSV file")
+
+
+def test_directory_says_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        load_csv(tmp_path)
+    assert str(info.value) == (f"data.path: {str(tmp_path)!r} is a directory, not a file; "
+                               "point data.path at a CSV file inside it")
+
+
+def test_socket(tmp_path: Path) -> None:
+    path = tmp_path / "s.csv"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        with pytest.raises(DataError, match=r"data\.path: '.*s\.csv' is a socket, not a file"):
+            load_csv(path)
+
+
+def test_broken_symlink(tmp_path: Path) -> None:
+    link = tmp_path / "data.csv"
+    link.symlink_to(tmp_path / "gone.csv")
+    message = str(call_with_timeout(lambda: load_csv(link), 20))
+    assert "symbolic link" in message and "gone.csv" in message and "does not exist" in message
+
+
+def test_unreadable_file_says_permission_denied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "1,0\n2,1\n")
+    if os.geteuid() != 0:  # root reads a mode-000 file: simulate the refusal instead
+        path.chmod(0)
+    else:
+        real_open = open
+
+        def refusing_open(file: object, *args: object, **kwargs: object) -> object:
+            if str(file) == str(path):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+        monkeypatch.setattr(load_csv_module, "open", refusing_open, raising=False)
+    try:
+        with pytest.raises(DataError) as info:
+            load_csv(path)
+    finally:
+        path.chmod(0o644)
+    message = str(info.value)
+    assert "permission denied" in message and "\n" not in message and repr(str(path)) in message
+
+
+# ---------------------------------------------------------------- large files
+
+
+def write_large(tmp_path: Path, n_rows: int, seed: int = 0) -> tuple[Path, np.ndarray, list[str]]:
+    """A CSV of n_rows: 5 float features in several spellings and quoted text labels."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(scale=100.0, size=(n_rows, 5))
+    X[:, 1] = X[:, 1].round(3)
+    X[:, 2] = np.floor(X[:, 2])
+    labels = rng.choice(["yes", "no", "may,be", 'say "no"'], size=n_rows).tolist()
+    lines = ["f0,f1,f2,f3,f4,label"]
+    for row, label in zip(X.tolist(), labels, strict=True):
+        quoted = '"' + label.replace('"', '""') + '"' if ("," in label or '"' in label) else label
+        lines.append(f"{row[0]!r},{row[1]},{int(row[2])},{row[3]:.6e},{row[4]!r},{quoted}")
+    path = tmp_path / "large.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, X, labels
+
+
+def test_large_file_matches_pandas(tmp_path: Path) -> None:
+    path, _, _ = write_large(tmp_path, 200_000)
+    assert path.stat().st_size > 8 * 1024 * 1024  # several pyarrow blocks
+    data = load_csv(path)
+    frame = pd.read_csv(path)
+    assert data.feature_names == ("f0", "f1", "f2", "f3", "f4") and data.label_name == "label"
+    assert np.array_equal(data.X, frame[list(data.feature_names)].to_numpy(dtype=np.float64))
+    assert data.classes == ("may,be", "no", 'say "no"', "yes")
+    assert [data.classes[i] for i in data.y] == frame["label"].tolist()
+    # the same numbers as a European export: ';' between fields, decimal commas
+    european = tmp_path / "european.csv"
+    european.write_text(path.read_text().replace(",", ";").replace(".", ","), encoding="utf-8")
+    eu = load_csv(european, decimal=",")
+    assert np.array_equal(eu.X, data.X)
+    assert eu.classes == ("may;be", "no", 'say "no"', "yes")
+
+
+def test_python_reader_gives_the_same_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _, _ = write_large(tmp_path, 30_000, seed=1)
+    by_arrow = load_csv(path)
+
+    def gives_up(*args: object) -> Iterator[object]:
+        raise load_csv_module._ArrowGaveUp("forced")
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(load_csv_module, "_arrow_batches", gives_up)
+    assert load_csv(path).digest() == by_arrow.digest()
+
+
+def test_large_file_line_numbers_after_blank_and_multiline_rows(tmp_path: Path) -> None:
+    lines = ["a,b,y", '1,2,"two\nlines"', "", "   "]
+    lines += [f"{i},{i % 7},{'yes' if i % 3 else 'no'}" for i in range(100_000)]
+    lines[50_000] = "5,NA,yes"  # file line 50,002 (the quoted row spans two lines)
+    lines[99_000] = "6,,no"
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    with pytest.warns(DroppedRowsWarning) as record:
+        data = load_csv(path, drop_na=True, label_column="y")
+    warning = record[0].message
+    assert isinstance(warning, DroppedRowsWarning)
+    assert warning.lines == (50_002, 99_002)
+    assert data.n_samples == 100_001 - 2
+
+
+# ---------------------------------------------------------------- fast paths agree with the rules
+
+NUMBER_TEXTS = st.text(alphabet="0123456789+-.eEinfatyINFATY ()_,x\t", max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(NUMBER_TEXTS, min_size=1, max_size=20), decimal=st.sampled_from(".,"))
+def test_arrow_cast_fast_path_agrees_with_the_number_rules(texts: list[str], decimal: str) -> None:
+    strings = pa.array(texts, type=pa.string())
+    fast_values, fast_bad, _ = load_csv_module._floats(strings, decimal)
+    exact_values, exact_bad, _ = load_csv_module._floats_exact(strings, decimal)
+    assert fast_bad.tolist() == exact_bad.tolist()
+    good = np.setdiff1d(np.arange(len(texts)), exact_bad)
+    assert np.array_equal(fast_values[good], exact_values[good], equal_nan=True)
+    for i in good:  # and the rules are Python's float() on the stripped text
+        text = texts[i].strip()
+        expected = np.nan if load_csv_module._is_missing(text) else float(
+            text.replace(",", "."))
+        assert np.array_equal(exact_values[i], expected, equal_nan=True)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(st.lists(st.text(alphabet='ab1 ,;"\r\n', max_size=4), min_size=2,
+                           max_size=3), min_size=1, max_size=6),
+    delimiter=st.sampled_from([",", ";"]),
+    newline=st.sampled_from(["\n", "\r\n", "\r"]),
+)
+def test_arrow_rows_are_python_csv_rows(
+    rows: list[list[str]], delimiter: str, newline: str
+) -> None:
+    """Where pyarrow reads a file at all, it splits rows and fields as Python's csv does."""
+    text = newline.join(delimiter.join(row) for row in rows)
+    python_rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+                   if not load_csv_module._is_blank_row(row)]
+    if not python_rows or len(python_rows[0]) < 2:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write(Path(tmp), text)
+        try:
+            blocks = list(load_csv_module._arrow_batches(path, delimiter, len(python_rows[0])))
+        except load_csv_module._ArrowGaveUp:
+            return  # then Python's csv module reads the file
+    arrow_rows = [list(row) for block in blocks
+                  for row in zip(*(column.to_pylist() for column in block), strict=True)]
+    assert arrow_rows == python_rows
