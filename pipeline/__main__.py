@@ -148,6 +148,11 @@ def compose_error_line(error: BaseException) -> str:
     override = getattr(error, "override", None)
     if override:
         parts.insert(0, f"cannot parse the override {override!r}")
+        key, _, value = str(override).partition("=")
+        if value == ",":  # the shell ate the quotes of key=','
+            parts = [f"cannot parse the override {override!r}: the shell dropped the quotes "
+                     f"around the comma; write \"{key}=','\""
+                     + (f" or {key}=comma" if key.endswith("decimal") else "")]
     return "; ".join(dict.fromkeys(parts))
 
 
