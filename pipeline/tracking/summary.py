@@ -223,16 +223,22 @@ def _plot_metric_vs_params(table: pd.DataFrame, params: list[str], metric: str,
             positions = values.map({v: i for i, v in enumerate(labels)})
             ax.scatter(positions, table[column])
             ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-        name = param.removeprefix("param:")
-        ax.set_xlabel(name)
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric} vs {name}")
-        fig.tight_layout()
-        path = folder / f"{metric}_vs_{name.replace('/', '_')}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save_vs(fig, ax, metric, param.removeprefix("param:"), metric, folder))
     return paths
+
+
+def _save_vs(fig: Any, ax: Any, metric: str, name: str, ylabel: str, folder: Path) -> Path:
+    """Label a '<metric> vs <setting>' plot, write it as a PNG in ``folder`` and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(name)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{metric} vs {name}")
+    fig.tight_layout()
+    path = folder / f"{metric}_vs_{name.replace('/', '_')}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _plot_curves(store: Store, table: pd.DataFrame, params: list[str], folder: Path) -> Path:
@@ -297,14 +303,7 @@ def _plot_groups(groups: pd.DataFrame, settings: list[str], metrics: list[str],
                 ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
             if others and len(groups) <= 40:
                 ax.legend(fontsize=7)
-            ax.set_xlabel(name)
-            ax.set_ylabel(f"{metric} (mean, 95 % CI)")
-            ax.set_title(f"{metric} vs {name}")
-            fig.tight_layout()
-            path = folder / f"{metric}_vs_{name.replace('/', '_')}.png"
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(_save_vs(fig, ax, metric, name, f"{metric} (mean, 95 % CI)", folder))
     return paths
 
 
