@@ -617,7 +617,8 @@ def format_summary(result: RunResult) -> str:
             lines.append(f"  {label:>{width}}" + " ".join(f"{v:>{width}}" for v in row))
     if result.run_id is not None:
         lines.append(f"MLflow run {result.run_id}")
-        lines.append(f"  open it: make ui, then {result.url}")
+        served = (result.store_uri or "").startswith(("http://", "https://"))
+        lines.append(f"  open it: {'' if served else 'make ui, then '}{result.url}")
         if result.model_uri is not None:
             from pipeline.paths import DEFAULT_STORE
 

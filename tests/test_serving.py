@@ -191,6 +191,9 @@ def test_summary_prints_the_model_uri() -> None:
     served = format_summary(RunResult(**base, model_id="m-abc",
                                       store_uri="http://127.0.0.1:5001"))
     assert "  serve it: make serve MODEL=models:/m-abc STORE=http://127.0.0.1:5001" in served
+    # A server is its own UI; a local store needs make ui first.
+    assert "  open it: http://127.0.0.1:5000/#/x" in served.splitlines()
+    assert "  open it: make ui, then http://127.0.0.1:5000/#/x" in local.splitlines()
     assert "models:/" not in format_summary(RunResult(**base))  # no model logged
 
 
