@@ -23,6 +23,7 @@ from pipeline.sweep import (
     PARENT_ENV,
     in_sweep_worker,
     job_gate,
+    raise_if_stopping,
     stop_with_launcher,
 )
 
@@ -33,6 +34,7 @@ def main(cfg: DictConfig) -> float | None:
 
     from pipeline.schema import validate
 
+    raise_if_stopping()  # a sweep stopped by Ctrl-C starts no further job
     hydra_cfg = HydraConfig.get()
     in_sweep = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
     try:
@@ -159,7 +161,7 @@ def compose_error_line(error: BaseException) -> str:
 def cli() -> None:
     from hydra.errors import HydraException
 
-    from pipeline.sweep import finish_open_sweep
+    from pipeline.sweep import finish_open_sweep, stop_signal
 
     tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ[TRACEBACKS_ENV] = "1" if tracebacks else "0"
@@ -183,6 +185,9 @@ def cli() -> None:
         code = 1
         raise
     finally:
+        stopped = stop_signal()
+        if stopped is not None and code == 0:  # Ctrl-C that only a garbage collection saw
+            code = 143 if isinstance(stopped, Terminated) else 130
         # Hydra skips on_multirun_end when a job failed: close the sweep's parent run here.
         failed = finish_open_sweep(aborted=code != 0, interrupted=code in (130, 143))
         if failed != 0 and code == 0:

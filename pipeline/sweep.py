@@ -499,7 +499,20 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, _stop_sweep)
 
 
-_stopping = False
+_stopping: KeyboardInterrupt | None = None  # the interrupt that stops this sweep
+
+
+def stop_signal() -> KeyboardInterrupt | None:
+    """The interrupt that stopped this process's sweep, if any."""
+    return _stopping
+
+
+def raise_if_stopping() -> None:
+    """Raise the sweep's interrupt again if Ctrl-C or SIGTERM came: Python drops an
+    exception raised by a signal handler that interrupted a garbage-collection callback,
+    and the next job of the basic launcher must not start then."""
+    if _stopping is not None:
+        raise _stopping
 
 
 def _stop_sweep(signum: int, frame: Any) -> None:
@@ -514,9 +527,9 @@ def _stop_sweep(signum: int, frame: Any) -> None:
     global _stopping
     interrupt: KeyboardInterrupt = (Terminated(f"terminated by signal {signum}")
                                     if signum == signal.SIGTERM else KeyboardInterrupt())
-    if _stopping:
+    if _stopping is not None:
         raise interrupt
-    _stopping = True
+    _stopping = interrupt
     executor = _joblib_executor()
     workers = list(getattr(executor, "_processes", {}) or {})
     if not workers:

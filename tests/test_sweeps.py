@@ -266,3 +266,19 @@ def test_interrupting_a_parallel_sweep_stops_it_cleanly(tmp_path, store, how, co
         assert "history.csv" in {a.path for a in client.list_artifacts(child.info.run_id)}
     summary = json.dumps(parent.data.tags)
     assert "interrupted" in summary
+
+
+def test_a_stop_the_garbage_collector_swallowed_still_stops_the_next_job(monkeypatch) -> None:
+    """Python drops an exception a signal handler raises inside a GC callback; the sweep
+    must still stop before its next job (basic launcher: jobs run in this process)."""
+    import signal as signals
+
+    import pipeline.sweep as sweep
+
+    monkeypatch.setattr(sweep, "_stopping", None)
+    sweep.raise_if_stopping()  # nothing asked to stop: no-op
+    with pytest.raises(KeyboardInterrupt):
+        sweep._stop_sweep(signals.SIGINT, None)  # what a swallowed Ctrl-C leaves behind
+    with pytest.raises(KeyboardInterrupt):
+        sweep.raise_if_stopping()
+    assert isinstance(sweep.stop_signal(), KeyboardInterrupt)
