@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -65,9 +66,10 @@ def _make(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 def _own_lines(done: subprocess.CompletedProcess[str]) -> list[str]:
-    """What the target printed, without make's own ``make: *** [...] Error N`` line."""
+    """What the target printed, without make's own ``make: *** [...] Error N`` line
+    (``make[1]: ***`` when the tests themselves run under make)."""
     return [line for line in (done.stdout + done.stderr).splitlines()
-            if line.strip() and not line.startswith("make: ***")]
+            if line.strip() and not re.match(r"make(\[\d+\])?: \*\*\*", line)]
 
 
 # -- ports ---------------------------------------------------------------------------------
