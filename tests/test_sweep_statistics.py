@@ -203,3 +203,36 @@ def test_links_open_the_training_views_on_the_servers_own_address() -> None:
     assert json.loads(fields["runs"][0]) == ["r1", "r2"]
     assert json.loads(fields["experiments"][0]) == ["1"]
     assert fields["workflowType"] == ["machine_learning"]
+
+
+def test_a_resumed_job_waits_for_a_live_attempt_at_its_configuration(tmp_path: Path) -> None:
+    """A worker of the dead sweep still finishing the same configuration is waited for and
+    kept, so the resumed sweep never runs it twice."""
+    import threading
+    import time
+
+    from pipeline.tracking.sweep import finished_child
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = open_store(uri)
+    client = store.client
+    exp = experiment_id(store, "resume")
+    parent = client.create_run(exp, tags={"sweep": "parent"}).info.run_id
+    alive = {"mlflow.parentRunId": parent, "config_digest": "d1",
+             "pipeline.heartbeat": str(int(time.time()))}  # no journal here: the heartbeat
+    child = client.create_run(exp, tags=alive).info.run_id
+
+    def finish_later() -> None:
+        time.sleep(1.5)
+        client.log_metric(child, "test_accuracy", 0.97)
+        client.set_terminated(child, "FINISHED")
+
+    worker = threading.Thread(target=finish_later)
+    worker.start()
+    started = time.monotonic()
+    found = finished_child(uri, parent, "d1", wait_s=30)
+    worker.join()
+    assert found == (child, {"test_accuracy": 0.97})
+    assert 1.0 < time.monotonic() - started < 10
+    assert finished_child(uri, parent, "other", wait_s=30) is None  # nothing to wait for
+    mlflow.set_tracking_uri(None)

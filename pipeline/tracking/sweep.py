@@ -128,20 +128,31 @@ def _alive(tags: Mapping[str, str]) -> bool:
     return beat is not None and time.time() - float(beat) < ALIVE_WITHIN_S
 
 
-def finished_child(uri: str | None, parent_id: str, digest: str
+def finished_child(uri: str | None, parent_id: str, digest: str, *, wait_s: float = 60.0
                    ) -> tuple[str, dict[str, float]] | None:
     """A FINISHED child of ``parent_id`` with configuration digest ``digest``: its id and
-    final metrics (None if there is none)."""
+    final metrics (None if there is none).
+
+    An attempt at the same configuration that is still alive (a worker of the sweep that
+    died, finishing its job) is waited for, up to ``wait_s``, so that a resumed sweep does
+    not run it twice.
+    """
     store = open_store(uri)
-    runs = store.call("look for a finished job", lambda: store.client.search_runs(
-        [store.client.get_run(parent_id).info.experiment_id],
-        filter_string=(f"tags.`{names.PARENT_TAG}` = '{parent_id}' and "
-                       f"tags.{names.CONFIG_DIGEST_TAG} = '{digest}' and "
-                       "attributes.status = 'FINISHED'"),
-        order_by=["attributes.start_time DESC"], max_results=1))
-    if not runs:
-        return None
-    return runs[0].info.run_id, dict(runs[0].data.metrics)
+    experiment = store.client.get_run(parent_id).info.experiment_id
+    deadline = time.monotonic() + wait_s
+    while True:
+        runs = store.call("look for a finished job", lambda: store.client.search_runs(
+            [experiment], filter_string=(f"tags.`{names.PARENT_TAG}` = '{parent_id}' and "
+                                         f"tags.{names.CONFIG_DIGEST_TAG} = '{digest}'"),
+            order_by=["attributes.start_time DESC"], max_results=100))
+        done = [r for r in runs if r.info.status == "FINISHED"]
+        if done:
+            return done[0].info.run_id, dict(done[0].data.metrics)
+        live = [r for r in runs if r.info.status == "RUNNING" and _alive(r.data.tags)]
+        if not live or time.monotonic() > deadline:
+            return None
+        log.info("waiting for run %s, which runs this configuration still", live[0].info.run_id)
+        time.sleep(1.0)
 
 
 def record_failed_job(*, uri: str | None, experiment: str, parent_run_id: str,
