@@ -126,3 +126,14 @@ def test_startup_benchmark_times_the_real_commands(tmp_path: Path) -> None:
     assert 0 < result.config_error < result.default_run
     assert result.import_mlflow > 0 and result.train_untracked > 0
     assert (tmp_path / "mlflow.db").exists()
+
+
+def test_csv_benchmark_loads_both_files_and_reports_the_ratio(tmp_path: Path) -> None:
+    from bench.csv_load import csv_markdown, measure_csv_loads
+
+    results = measure_csv_loads(lambda line: None, rows=2000, folder=tmp_path)
+    assert [r.shape for r in results] == [(2000, 9), (2000, 9)]  # features; the 10th is the label
+    assert all(r.seconds > 0 and r.peak_bytes >= r.before_bytes for r in results)
+    table = csv_markdown(results)
+    assert "decimal comma" in table and "growth / file size" in table
+    assert not list(tmp_path.glob("*.csv"))  # the files are removed after loading
