@@ -244,17 +244,9 @@ def render_text(comparison: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
-    """A GitHub-flavoured Markdown table (pandas' to_markdown needs tabulate)."""
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(map(cell, columns)) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def render_markdown(comparison: Comparison) -> str:
+    from pipeline.tracking.summary import markdown_table
+
     head, *runs = header_lines(comparison)
     parts = [f"# {head}\n", "\n".join(f"- {line}" for line in runs) + "\n"]
     for section in sections(comparison):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,20 +181,23 @@ def rank_children(table: pd.DataFrame, metric: str, direction: str) -> pd.DataFr
     return finished.sort_values(column, ascending=direction != "maximize", kind="stable")
 
 
-def _markdown(frame: pd.DataFrame) -> str:
+def markdown_table(columns: Sequence[Any], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub-flavoured Markdown table (pandas' to_markdown needs tabulate)."""
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, columns)) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    """``frame`` as a Markdown table, floats to 4 decimals."""
     if frame.empty:
         return "no child runs\n"
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4f}"
-        return str(value).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
-             "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
-    return "\n".join(lines) + "\n"
+    rows = [[f"{v:.4f}" if isinstance(v, float) else v for v in row]
+            for row in frame.itertuples(False)]
+    return markdown_table(list(frame.columns), rows)
 
 
 def _as_number(values: pd.Series) -> pd.Series | None:
