@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -179,21 +180,75 @@ def _repair_interrupted_migration(db: Path) -> None:
 def _create_sqlite_store(db: Path) -> None:
     """Create a new store's schema in a temporary file beside ``db``, then rename it into
     place: a process killed mid-way leaves no half-made store (MLflow migrates a new file in
-    place, ~70 steps, and a store cut short there stays broken)."""
-    import sqlalchemy
-    from mlflow.store.db.utils import _initialize_tables
+    place, ~70 steps, and a store cut short there stays broken).
 
+    The migrated empty schema is kept in the project's cache (one file per MLflow version)
+    and copied for the next new store: migrating takes seconds, a copy milliseconds.
+    """
     for stale in db.parent.glob(f".{db.name}.*.new"):  # left by a killed creation
         stale.unlink(missing_ok=True)
     tmp = db.with_name(f".{db.name}.{os.getpid()}.new")
-    engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+    template = schema_template()
     try:
-        _initialize_tables(engine)
-        engine.dispose()
+        if not _copy_template(template, tmp):
+            _migrate_new(tmp)
+            _keep_template(tmp, template)
         os.replace(tmp, db)
     finally:
-        engine.dispose()
         tmp.unlink(missing_ok=True)
+
+
+def schema_template() -> Path:
+    """Where a new store's empty, migrated schema is kept for this MLflow version."""
+    from pipeline.paths import PROJECT_ROOT
+
+    return PROJECT_ROOT / ".cache" / "mlflow-schema" / f"mlflow-{mlflow.__version__}.db"
+
+
+def _migrate_new(path: Path) -> None:
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+
+
+def _copy_template(template: Path, target: Path) -> bool:
+    """Copy ``template`` to ``target`` if it is an intact, empty, migrated store; a template
+    that is not (cut short, or written by something else) is removed."""
+    if not template.is_file():
+        return False
+    try:
+        shutil.copyfile(template, target)
+        with contextlib.closing(sqlite3.connect(target)) as con:
+            intact = con.execute("PRAGMA quick_check").fetchone() == ("ok",)
+            versions = con.execute("SELECT version_num FROM alembic_version").fetchall()
+            empty = not con.execute("SELECT 1 FROM experiments UNION ALL "
+                                    "SELECT 1 FROM runs LIMIT 1").fetchall()
+        if intact and len(versions) == 1 and empty:
+            return True
+    except (OSError, sqlite3.Error):
+        pass
+    target.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        template.unlink()
+    return False
+
+
+def _keep_template(migrated: Path, template: Path) -> None:
+    """Keep a copy of a freshly migrated store as ``template`` (best effort: a read-only
+    project only loses the shortcut)."""
+    part = template.with_name(f".{template.name}.{os.getpid()}.part")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(migrated, part)
+        os.replace(part, template)
+    except OSError:
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
 
 
 def _open_client(uri: str) -> MlflowClient:
