@@ -44,6 +44,9 @@ from pipeline.schema import Config
 from pipeline.seeds import resolve_seeds
 from pipeline.sweep import PARENT_ENV, in_sweep_worker
 from pipeline.tracking.record import (
+    CHILD_RECORD_TAG,
+    MODEL_LOGGED_TAG,
+    PLOTS_LOGGED_TAG,
     DataSummary,
     InputTable,
     ModelFiles,
@@ -416,7 +419,44 @@ def _in_sweep_job() -> bool:
     return os.environ.get(PARENT_ENV) is not None
 
 
+LEAN_MAX_POINTS = 100  # points per metric a lean sweep child sends (history.csv has all)
+
+
+@dataclass(frozen=True)
+class RecordPlan:
+    """What a run records beside its params, metrics, checkpoints and result files."""
+
+    model: bool  # the MLflow pyfunc model
+    plots: bool
+    max_points: int | None  # per metric, in the store
+    tags: dict[str, str]
+
+
+def record_plan(config: Config, *, in_sweep: bool) -> RecordPlan:
+    """A single run (and a sweep job with ``sweep.child_record=full``) records what
+    ``tracking.*`` asks; a lean sweep job skips the model and the plots, which cost more
+    than a small model's training, and sends fewer points (the sweep completes its best
+    job; ``make log-model`` / ``make plots`` any other)."""
+    lean = in_sweep and config.sweep.child_record == "lean"
+    points = config.tracking.max_points
+    if lean:
+        points = LEAN_MAX_POINTS if points is None else min(points, LEAN_MAX_POINTS)
+    tags = {MODEL_LOGGED_TAG: "false", PLOTS_LOGGED_TAG: "false"}  # until they are logged
+    if in_sweep:
+        tags[CHILD_RECORD_TAG] = config.sweep.child_record
+    return RecordPlan(model=config.tracking.log_model and not lean,
+                      plots=config.tracking.plots and not lean, max_points=points, tags=tags)
+
+
 # -- the run ------------------------------------------------------------------------------
+def run_seeds(config: Config) -> dict[str, int]:
+    """The seed each random consumer of a run uses (see :mod:`pipeline.seeds`)."""
+    return resolve_seeds(config.seed, {
+        "data": getattr(config.data, "seed", None), "split": config.split.seed,
+        "init": config.model.seed, "shuffle": config.train.shuffle_seed,
+    })
+
+
 def run(
     config: Config,
     *,
@@ -433,15 +473,13 @@ def run(
 
     warnings_as_log_lines()
     output_dir.mkdir(parents=True, exist_ok=True)
-    seeds = resolve_seeds(config.seed, {
-        "data": getattr(config.data, "seed", None), "split": config.split.seed,
-        "init": config.model.seed, "shuffle": config.train.shuffle_seed,
-    })
+    recording = record_plan(config, in_sweep=_in_sweep_job())
+    seeds = run_seeds(config)
     spec = RunSpec(
         name=config.tracking.run_name or default_run_name(config), config=config_dict(config),
         seeds=seeds, config_digest=config_digest(config), environment=environment.describe(),
         output_dir=output_dir, threads=_threads(config),
-        tags={**config.tags, **(extra_tags or {})},
+        tags={**config.tags, **(extra_tags or {}), **recording.tags},
     )
     checkpoints = output_dir / "checkpoints"
     with _interrupts_raise():
@@ -449,7 +487,7 @@ def run(
             uri=config.tracking.uri, experiment=config.tracking.experiment, run_name=spec.name,
             output_dir=output_dir, tags=spec.tags, parent_run_id=parent_run_id,
             parent_journal_id=parent_journal_id, offline=config.tracking.mode == "offline",
-            max_points=config.tracking.max_points, log_model=config.tracking.log_model,
+            max_points=recording.max_points, log_model=recording.model,
         )
         if recorder.run_id is not None:
             log.info("MLflow run %s in %s", recorder.run_id, recorder.store_uri)
@@ -461,7 +499,7 @@ def run(
                 log.warning("the git tree is dirty: this run may not be reproducible from its "
                             "commit")
             outcome = execute(config, seeds, output_dir, overrides, hydra_dir, recorder,
-                              threads=spec.threads)
+                              threads=spec.threads, plots=recording.plots)
             started = time.perf_counter()
             recorder.finish(outcome)
             log.info("stage %-9s %.3f s", "tracking", time.perf_counter() - started)
@@ -508,6 +546,7 @@ def execute(
     recorder: Recorder,
     *,
     threads: int | None,
+    plots: bool = True,
 ) -> RunOutcome:
     """The stages, in order; ``recorder`` hears of the data, the plan and every epoch."""
     timings: dict[str, float] = {}
@@ -571,10 +610,10 @@ def execute(
         test=prepared.test, raw_test=data.splits.test, raw_train=data.splits.train,
         model=trained.model, normaliser=prepared.normaliser,
     )
-    plots = artifacts.start_plots(artifact_dir, plot_inputs) if config.tracking.plots else None
-    if plots is not None and _in_sweep_job():
+    drawing = artifacts.start_plots(artifact_dir, plot_inputs) if plots else None
+    if drawing is not None and _in_sweep_job():
         # This process runs more jobs: let their plot processes fork with matplotlib
-        # already imported (~0.3 s of CPU each, which parallel jobs compete for).
+        # already imported (CPU that parallel jobs would compete for).
         import pipeline.plots  # noqa: F401
     files = artifacts.write_run_artifacts(
         artifact_dir, evaluation=evaluation, config_tree=config_dict(config),
@@ -596,8 +635,11 @@ def execute(
     )
     # The results go to the store while the plots are drawn; the artifact folder after.
     recorder.record(outcome)
-    if plots is not None and not plots.wait():
-        log.warning("drawing the plots failed; the run is logged without them")
+    if drawing is not None:
+        if drawing.wait():
+            recorder.plots_drawn()
+        else:
+            log.warning("drawing the plots failed; the run is logged without them")
     return outcome
 
 

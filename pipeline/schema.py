@@ -339,9 +339,11 @@ class SweepConfig:
     replicates: int | None = None
     resume: str | None = None
     max_failures: int | None = None
+    child_record: str = "lean"
 
     def __post_init__(self) -> None:
         _check_choice("sweep.metric", self.metric, METRICS)
+        _check_choice("sweep.child_record", self.child_record, ("lean", "full"))
         _check_choice("sweep.direction", self.direction, ("maximize", "minimize"))
         if self.replicates is not None and self.replicates < 1:
             _fail("sweep.replicates", self.replicates, "must be an integer >= 1 (seeds per "

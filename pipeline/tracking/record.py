@@ -26,6 +26,11 @@ SWEEP_OVERRIDES_TAG = "sweep_overrides"  # the parent's: its jobs' overrides, as
 SWEEPER_TAG = "sweeper"  # the parent's: the Hydra sweeper that chose the jobs
 CONFIG_DIGEST_TAG = "config_digest"
 ENDED_BY_RESUME_TAG = "ended_by_resume"  # a job left RUNNING by a dead sweep, ended on resume
+# What a run's record holds besides its metrics, params and checkpoints ("true"/"false"):
+# a lean sweep child has neither until the sweep picks it as the best, or on demand.
+MODEL_LOGGED_TAG = "model_logged"
+PLOTS_LOGGED_TAG = "plots_logged"
+CHILD_RECORD_TAG = "child_record"  # a sweep child's: "lean" or "full" (sweep.child_record)
 # Settings that change how a run is shown, recorded or scheduled, not what it computes
 # (left out of config_digest): never what tells one configuration of a sweep from another.
 BOOKKEEPING_KEYS = ("tracking.", "sweep.", "pipeline.", "tags.", "train.progress",

@@ -25,7 +25,7 @@ import time
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeline.tracking import record as names
 from pipeline.tracking.journal import (
@@ -67,34 +67,64 @@ def write_sync_state(journal: Path, state: Mapping[str, Any]) -> None:
     write_text_atomic(sync_state_path(journal), json.dumps(dict(state)))
 
 
-class Heartbeat(threading.Thread):
+class Heartbeat:
     """Sets ``pipeline.heartbeat`` (unix seconds) on a run every 15 s until stopped, unless
-    ``paused()`` says the store is failing (the recorder reports that, and retries)."""
+    ``paused()`` says the store is failing (the recorder reports that, and retries).
+
+    One thread per process beats for every live run in it (a sweep's launcher runs its
+    parent and one job after another): a run costs no thread of its own.
+    """
+
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _live: ClassVar[list[Heartbeat]] = []
+    _wake: ClassVar[threading.Event] = threading.Event()
+    _thread: ClassVar[threading.Thread | None] = None
 
     def __init__(self, store: Store, run_id: str,
                  paused: Callable[[], bool] = lambda: False) -> None:
-        super().__init__(name=f"heartbeat-{run_id[:8]}", daemon=True)
         self.store, self.run_id, self.paused = store, run_id, paused
-        self._stop_event = threading.Event()
-        self.start()
+        self._beating = threading.Lock()  # held while a beat is on its way
+        self._stopped = False
+        with Heartbeat._lock:
+            Heartbeat._live.append(self)
+            if Heartbeat._thread is None or not Heartbeat._thread.is_alive():
+                Heartbeat._thread = threading.Thread(target=Heartbeat._beat_all,
+                                                     name="heartbeat", daemon=True)
+                Heartbeat._thread.start()
 
-    def run(self) -> None:
+    @classmethod
+    def _beat_all(cls) -> None:
+        while True:
+            cls._wake.wait(HEARTBEAT_INTERVAL_S)
+            cls._wake.clear()
+            with cls._lock:
+                live = list(cls._live)
+            for beat in live:
+                beat._beat()
+
+    def _beat(self) -> None:
         from mlflow.entities import RunTag
 
-        while not self._stop_event.wait(HEARTBEAT_INTERVAL_S):
-            if self.paused():
-                continue
-            beat = [RunTag(names.HEARTBEAT_TAG, str(int(time.time())))]
+        with self._beating:
+            if self._stopped or self.paused():
+                return
+            tags = [RunTag(names.HEARTBEAT_TAG, str(int(time.time())))]
             with contextlib.suppress(Exception):  # the shipper reports a failing store
-                self.store.call("refresh the heartbeat", lambda b=beat: self.store.client.log_batch(
-                    self.run_id, tags=b), budget_s=LIVE_BUDGET_S)
+                self.store.call("refresh the heartbeat", lambda: self.store.client.log_batch(
+                    self.run_id, tags=tags), budget_s=LIVE_BUDGET_S)
 
     def stop(self) -> None:
         """Stop, letting a beat already on its way land first: the run's end drops the tag,
         and a late beat must not bring it back."""
-        self._stop_event.set()
-        if self.is_alive() and self is not threading.current_thread():
-            self.join(timeout=1.0)  # a beat stuck on a failing store is not waited for
+        with Heartbeat._lock:
+            if self in Heartbeat._live:
+                Heartbeat._live.remove(self)
+        # A beat stuck on a failing store is not waited for.
+        if self._beating.acquire(timeout=1.0):
+            self._stopped = True
+            self._beating.release()
+        else:
+            self._stopped = True
 
 
 class Recorder:
@@ -184,6 +214,10 @@ class Recorder:
         :meth:`finish`, so plots can still be drawn into the artifact folder)."""
         self.add(names.outcome_records(outcome, log_model=self.log_model))
         self._kick.set()
+
+    def plots_drawn(self) -> None:
+        """The plots are in the artifact folder (sent with it by :meth:`finish`)."""
+        self.add([{"k": "tags", "tags": {names.PLOTS_LOGGED_TAG: "true"}}])
 
     def finish(self, outcome: names.RunOutcome) -> None:
         """The artifact folder, then FINISHED (see :meth:`end`)."""

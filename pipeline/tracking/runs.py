@@ -89,11 +89,36 @@ class Runs:
                        dict(run.data.metrics))
 
     def histories(self, run_id: str, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
-        """Each metric's logged points as (step, value), by step."""
+        """Each metric's points as (step, value), by step: every epoch of a per-epoch metric
+        from the run's ``history.csv`` (the store may hold a thinned subset), the others as
+        logged."""
+        epochs = self.epoch_history(run_id)
         client = self.store.client
-        return {key: sorted((m.step, m.value) for m in self.store.call(
-            "read a metric history", lambda k=key: client.get_metric_history(run_id, k)))
+        return {key: epochs[key] if key in epochs else sorted(
+            (m.step, m.value) for m in self.store.call(
+                "read a metric history", lambda k=key: client.get_metric_history(run_id, k)))
             for key in keys}
+
+    def epoch_history(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
+        """The run's ``history.csv`` as {metric: [(epoch, value), ...]} ({} if it has none)."""
+        import io
+
+        import pandas as pd
+
+        from pipeline.tracking.shipper import HISTORY_ARTIFACT
+
+        text = self.read_text(run_id, HISTORY_ARTIFACT)
+        if text is None:
+            return {}
+        try:
+            frame = pd.read_csv(io.StringIO(text), float_precision="round_trip")
+        except ValueError:
+            return {}
+        if frame.empty or frame.columns[0] != "epoch":
+            return {}
+        steps = frame["epoch"].astype(int).tolist()
+        return {str(key): list(zip(steps, frame[key].astype(float).tolist(), strict=True))
+                for key in frame.columns[1:]}
 
     def download(self, run_id: str, path: str, folder: Path) -> Path:
         client = self.store.client

@@ -175,6 +175,7 @@ class Shipper:
         self.model_id = existing or log_model(
             self.store, self.experiment_id, self.run_id, Path(record["checkpoint"]),
             record["features"], record["classes"], budget_s=self.budget_s)
+        self._log({}, {names.MODEL_LOGGED_TAG: "true"}, [])
 
     def _apply_artifacts(self, record: Mapping[str, Any]) -> None:
         path, dest = Path(record["path"]), record.get("dest")
