@@ -24,7 +24,7 @@ ARGS ?=
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test test-fast lint bench ui server serve sweep tune rerun compare sync clean clean-runs lock
+.PHONY: help venv train test test-fast lint bench ui server serve log-model plots sweep tune rerun compare sync clean clean-runs lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -89,6 +89,14 @@ serve: $(STAMP) ## serve a run's model over HTTP: make serve RUN_ID=<id> (or MOD
 	@# (MLflow starts uvicorn by name) and MLFLOW_TRACKING_URI=STORE.
 	@PATH="$(VENV)/bin:$$PATH" $(PY) -m pipeline.serve --uri '$(STORE)' --host $(HOST) \
 		--port $(SERVE_PORT) $(if $(RUN_ID),--run-id '$(RUN_ID)') $(if $(MODEL),--model '$(MODEL)')
+
+log-model: $(STAMP) ## log a run's MLflow model afterwards (a lean sweep job's): make log-model RUN_ID=<id> (STORE=)
+	@test -n "$(RUN_ID)" || { echo "usage: make log-model RUN_ID=<mlflow run id> [STORE=<store uri>]" >&2; exit 2; }
+	@$(PY) -m pipeline.complete '$(RUN_ID)' --model --uri '$(STORE)'
+
+plots: $(STAMP) ## draw and log a run's plots afterwards (a lean sweep job's): make plots RUN_ID=<id> (STORE=)
+	@test -n "$(RUN_ID)" || { echo "usage: make plots RUN_ID=<mlflow run id> [STORE=<store uri>]" >&2; exit 2; }
+	@$(PY) -m pipeline.complete '$(RUN_ID)' --plots --uri '$(STORE)'
 
 rerun: $(STAMP) ## rerun a past run and check it reproduces bit for bit: make rerun RUN_ID=<id>
 	@test -n "$(RUN_ID)" || { echo "usage: make rerun RUN_ID=<mlflow run id>"; exit 2; }

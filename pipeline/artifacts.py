@@ -114,10 +114,12 @@ class PlotInputs:
 
 def start_plots(folder: Path, inputs: PlotInputs) -> PlotJob:
     """Start drawing the run's plots into ``folder`` (see :class:`PlotJob`)."""
-    return PlotJob(_write_plots, (folder, inputs))
+    return PlotJob(write_plots, (folder, inputs))
 
 
-def _write_plots(folder: Path, inputs: PlotInputs) -> dict[str, Path]:
+def write_plots(folder: Path, inputs: PlotInputs) -> dict[str, Path]:
+    """Draw the run's plots into ``folder`` (``confusion_matrix.png``, ``plots/*.png``, the
+    decision boundary for two features only); return their paths by name."""
     evaluation, history, proba = inputs.evaluation, inputs.history, inputs.proba
     test, raw_test, raw_train = inputs.test, inputs.raw_test, inputs.raw_train
     model, normaliser = inputs.model, inputs.normaliser

@@ -1,0 +1,294 @@
+"""``python -m pipeline.complete <run_id> [--model] [--plots] [--uri URI]``: complete a run's
+record afterwards (``make log-model``, ``make plots``).
+
+A lean sweep job (``sweep.child_record=lean``), and a run made with
+``tracking.log_model=false`` or ``tracking.plots=false``, has no MLflow model or no plots.
+This adds them to the run itself, which keeps its status and end time:
+
+* ``--model``: the pyfunc model, logged from the run's ``checkpoints/final.json`` exactly as
+  a full run logs it (``models:/<model_id>``, servable with ``make serve RUN_ID=<id>``);
+* ``--plots``: the plots, redrawn from the run's own record (its stored ``config.yaml``, the
+  same seeded and cached data stages, the final checkpoint and ``history.csv``) and logged
+  at a full run's paths, once the redrawn test predictions are found equal to the run's
+  ``predictions.csv`` (the plots must describe that run, not a CSV changed since).
+
+Neither flag: both. What a run has already is left as it is; either way the tag
+``model_logged`` / ``plots_logged`` ends "true". ``--uri`` picks the store (default: the
+project's ``mlflow.db``). A problem (an unknown run, a run without a final checkpoint, a
+data file gone) is one line on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import PipelineError
+from pipeline.tracking.record import MODEL_LOGGED_TAG, PLOTS_LOGGED_TAG
+
+if TYPE_CHECKING:
+    from pipeline.mlp import MLP
+    from pipeline.schema import Config
+    from pipeline.tracking.completion import StoredRun
+
+CHECKPOINT = "checkpoints/final.json"
+CONFIG = "config.yaml"
+HISTORY = "history.csv"
+PREDICTIONS = "predictions.csv"
+RTOL = 1e-9  # redrawn vs recorded test probabilities (same code, same data: equal)
+ATOL = 1e-12
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What :func:`complete_run` did to one run."""
+
+    run_id: str
+    model_uri: str | None = None  # the run's model, logged now or found (None: not asked)
+    model_added: bool = False  # logged by this call
+    plots: tuple[str, ...] = ()  # the run's plot artifacts, drawn now or found
+    plots_added: bool = False  # drawn and logged by this call
+
+    def lines(self) -> list[str]:
+        """One line per part done: ``run <id>: model logged (models:/m-...)``, ..."""
+        lines = []
+        if self.model_uri is not None:
+            did = "model logged" if self.model_added else "already has a model"
+            lines.append(f"run {self.run_id}: {did} ({self.model_uri})")
+        if self.plots:
+            did = "plots logged" if self.plots_added else "already has plots"
+            count = len(self.plots)
+            lines.append(f"run {self.run_id}: {did} ({count} file{'s' if count != 1 else ''})")
+        return lines
+
+
+def complete_run(run_id: str, *, uri: str | None, model: bool, plots: bool) -> Completion:
+    """Give run ``run_id`` of the store at ``uri`` (default: the project's) its MLflow model
+    (``model``) and its plots (``plots``) unless it has them, and set the ``model_logged`` and
+    ``plots_logged`` tags to "true".
+
+    Raises :class:`PipelineError` (one line) for a missing store or run, a run still running,
+    a run without ``checkpoints/final.json`` (one that failed before its end), and, for the
+    plots, a run without its ``config.yaml``, ``history.csv`` or ``predictions.csv``, or whose
+    data cannot be rebuilt as it was (a data file gone or changed).
+    """
+    from pipeline.tracking.completion import open_run
+
+    target = open_run(uri, run_id)
+    run_id = target.run_id
+    model_uri, model_added, drawn, plots_added = None, False, (), False
+    with tempfile.TemporaryDirectory(prefix="pipeline-complete-") as tmp:
+        folder = Path(tmp)
+        if model:
+            model_uri, model_added = _complete_model(target, folder)
+        if plots:
+            drawn, plots_added = _complete_plots(target, folder)
+    return Completion(run_id, model_uri, model_added, tuple(drawn), plots_added)
+
+
+def _complete_model(target: StoredRun, folder: Path) -> tuple[str, bool]:
+    """The run's model URI, and whether it was logged now."""
+    from pipeline.tracking.model import model_uri
+
+    found = target.model_id()
+    if found is not None:
+        if target.tags.get(MODEL_LOGGED_TAG) != "true":
+            target.mark(MODEL_LOGGED_TAG)
+        return model_uri(found), False
+    checkpoint, network = _checkpoint(target, folder)
+    meta = network.metadata
+    features, classes = meta.get("feature_names"), meta.get("classes")
+    if not _strings(features) or not _strings(classes):
+        raise PipelineError(f"run {target.run_id}: its {CHECKPOINT} does not name the "
+                            "feature columns and classes (not written by this pipeline); "
+                            "cannot log a model from it")
+    uri = target.log_model(checkpoint, features, classes)
+    target.mark(MODEL_LOGGED_TAG)
+    return uri, True
+
+
+def _complete_plots(target: StoredRun, folder: Path) -> tuple[list[str], bool]:
+    """The run's plot artifacts, and whether they were drawn now."""
+    found = target.plot_files()
+    tagged = target.tags.get(PLOTS_LOGGED_TAG) == "true"
+    if found and (tagged or "plots/training_curves.png" in found):
+        if not tagged:  # drawn by a run from before the tag
+            target.mark(PLOTS_LOGGED_TAG)
+        return found, False
+    drawn = folder / "drawn"
+    _redraw(target, folder, drawn)
+    logged = target.log_plots(drawn)
+    target.mark(PLOTS_LOGGED_TAG)
+    return logged, True
+
+
+# -- reading the run -------------------------------------------------------------------------
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+def _checkpoint(target: StoredRun, folder: Path) -> tuple[Path, MLP]:
+    """The run's final checkpoint, downloaded into ``folder``, and the network it holds."""
+    from pipeline.mlp import MLP, CheckpointError
+
+    path = folder / CHECKPOINT
+    if not path.is_file():
+        downloaded = target.download(CHECKPOINT, folder)
+        if downloaded is None:
+            raise PipelineError(
+                f"run {target.run_id} ({target.status}) has no {CHECKPOINT}: it ended before "
+                "training finished (or was not made by this pipeline); nothing to complete")
+        path = downloaded
+    try:
+        return path, MLP.load(path)
+    except (CheckpointError, ValueError, OSError) as error:
+        raise PipelineError(f"run {target.run_id}: its {CHECKPOINT} cannot be loaded: "
+                            f"{_first_line(error)}") from None
+
+
+def _text(target: StoredRun, path: str, folder: Path, why: str) -> str:
+    """The artifact ``path`` of the run as text; one line if the run has none."""
+    downloaded = target.download(path, folder / "read")
+    if downloaded is None:
+        raise PipelineError(f"run {target.run_id} has no {path} artifact; {why}")
+    return downloaded.read_text()
+
+
+def _history(target: StoredRun, folder: Path) -> dict[str, list[float]]:
+    """``history.csv`` as ``plots.plot_training_curves`` wants it: metric -> one value per
+    epoch, in epoch order (what ``History.metrics`` holds)."""
+    text = _text(target, HISTORY, folder, "its training curves cannot be drawn")
+    try:
+        frame = pd.read_csv(io.StringIO(text))
+    except (ValueError, pd.errors.ParserError) as error:
+        raise PipelineError(f"run {target.run_id}: its {HISTORY} cannot be read: "
+                            f"{_first_line(error)}") from None
+    if frame.columns.empty or frame.columns[0] != "epoch" or frame.empty:
+        raise PipelineError(f"run {target.run_id}: its {HISTORY} has no epoch rows; its "
+                            "training curves cannot be drawn")
+    frame = frame.sort_values("epoch", kind="stable")
+    return {str(key): frame[key].astype(float).tolist() for key in frame.columns[1:]}
+
+
+def _recorded_probabilities(target: StoredRun, folder: Path) -> np.ndarray:
+    text = _text(target, PREDICTIONS, folder, "the redrawn predictions cannot be checked "
+                 "against the run's, so no plots are drawn")
+    try:
+        frame = pd.read_csv(io.StringIO(text))
+        return frame["probability"].to_numpy(dtype=float)
+    except (ValueError, KeyError, pd.errors.ParserError) as error:
+        raise PipelineError(f"run {target.run_id}: its {PREDICTIONS} has no readable "
+                            f"probability column ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# -- redrawing -------------------------------------------------------------------------------
+def _redraw(target: StoredRun, folder: Path, out: Path) -> None:
+    """Rebuild what the run's plots were drawn from, check it is that run's, draw into ``out``."""
+    from omegaconf import OmegaConf
+
+    from pipeline.artifacts import PlotInputs, write_plots
+    from pipeline.rerun import load_stored_config
+    from pipeline.runner import run_data_stages, run_seeds
+    from pipeline.schema import validate
+    from stages.dataset import DataError
+    from stages.evaluate import evaluate
+
+    run_id = target.run_id
+    _, network = _checkpoint(target, folder)
+    text = _text(target, CONFIG, folder, "the run's data cannot be rebuilt for its plots")
+    try:
+        stored = load_stored_config(run_id, text)
+    except PipelineError as error:
+        raise PipelineError(str(error).removeprefix("rerun: ")) from None
+    try:
+        config = validate(OmegaConf.create(stored))
+    except PipelineError as error:
+        raise PipelineError(f"run {run_id}: its stored {CONFIG} is not a valid config here "
+                            f"({error})") from None
+    history = _history(target, folder)
+    recorded = _recorded_probabilities(target, folder)
+
+    seeds = run_seeds(config)
+    if config.data.source == "csv" and not Path(config.data.path).is_file():
+        raise PipelineError(f"run {run_id}: its data file {config.data.path} (data.path) is "
+                            "gone; the plots need the data the run was trained on")
+    try:
+        data = run_data_stages(config, seeds, folder / "stages", timings={})
+    except (DataError, PipelineError) as error:
+        raise PipelineError(f"run {run_id}: its data cannot be rebuilt: "
+                            f"{_first_line(error)}") from None
+    except OSError as error:
+        raise PipelineError(f"run {run_id}: its data cannot be rebuilt: could not write "
+                            f"{error.filename or ''} ({error.strerror or error})") from None
+    prepared = data.normalised
+    changed = (f"its data differ from the run's ({_data_source(config)} changed since the "
+               "run?); refusing to draw plots that would not describe it")
+    recorded_digest = target.tags.get("data.test_digest")
+    if recorded_digest is not None and recorded_digest != prepared.test.digest():
+        raise PipelineError(f"run {run_id}: {changed}")
+    try:
+        proba = network.predict_proba(prepared.test.X)
+    except ValueError as error:
+        raise PipelineError(f"run {run_id}: its final checkpoint does not fit its data "
+                            f"({_first_line(error)}); {changed}") from None
+    evaluation = evaluate(proba, prepared.test.y, prepared.test.classes)
+    redrawn = evaluation.predictions["probability"].to_numpy(dtype=float)
+    if redrawn.shape != recorded.shape or not np.allclose(redrawn, recorded, rtol=RTOL,
+                                                          atol=ATOL):
+        raise PipelineError(f"run {run_id}: the redrawn test predictions differ from its "
+                            f"{PREDICTIONS}: {changed}")
+    write_plots(out, PlotInputs(
+        evaluation=evaluation, history=history, proba=proba, test=prepared.test,
+        raw_test=data.splits.test, raw_train=data.splits.train, model=network,
+        normaliser=prepared.normaliser,
+    ))
+
+
+def _data_source(config: Config) -> str:
+    if config.data.source == "csv":
+        return f"the CSV {config.data.path}"
+    return "the data-generating code"
+
+
+# -- command line ----------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.complete", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_id", help="the MLflow run to complete")
+    parser.add_argument("--model", action="store_true", help="log the run's MLflow model")
+    parser.add_argument("--plots", action="store_true", help="draw and log the run's plots")
+    parser.add_argument("--uri", default=None, help="the store's tracking URI (default: the "
+                        "project's mlflow.db)")
+    args = parser.parse_args(argv)
+    run_id = args.run_id.strip()
+    if not run_id or run_id.startswith("-"):
+        print("usage: python -m pipeline.complete <run_id> [--model] [--plots] [--uri URI]",
+              file=sys.stderr)
+        return 2
+    both = not args.model and not args.plots
+    try:
+        done = complete_run(run_id, uri=args.uri or None, model=args.model or both,
+                            plots=args.plots or both)
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for line in done.lines():
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
