@@ -10,7 +10,8 @@ A plain environment variable would not.
 When the sweep ends — or fails: Hydra skips ``on_multirun_end`` when a job raised,
 so ``python -m pipeline`` calls :func:`finish_open_sweep` on its way out — the
 parent gets a summary table, seed statistics, the best configuration, comparison plots
-and a status, and the sweep prints its leaderboard and links.
+and a status, the best job of a lean sweep (``sweep.child_record``) its model and plots,
+and the sweep prints its leaderboard and links.
 
 Before the sweeper expands the overrides, the callback may change them:
 ``sweep.replicates=N`` runs every configuration with N seeds, and ``sweep.resume=<id>``
@@ -117,8 +118,12 @@ class SweepCallback(Callback):
             print(error, file=sys.stderr)
             raise SystemExit(1) from None
         started = str(int(time.time() * 1000))
+        # A lean sweep completes its best job's record at the end (what tracking.* asks).
+        completes = {"model": bool(tracking.get("log_model", True)),
+                     "plots": bool(tracking.get("plots", True))}
         _open_settings.update(sweep_dir=sweep_dir, max_failures=sweep.max_failures,
-                              started=started)
+                              started=started, complete_best=completes
+                              if sweep.child_record == "lean" else None)
         env = {PARENT_ENV: _open.run_id or "", JOURNAL_ENV: _open.journal_id,
                THREADS_ENV: str(_threads_per_job(config)), LAUNCHER_PID_ENV: str(os.getpid()),
                STARTED_ENV: started}
@@ -136,15 +141,58 @@ class SweepCallback(Callback):
             print(f"Offline sweep: recorded in {sweep_dir}; send it with: make sync "
                   f"DIR={sweep_dir}", flush=True)
         _stop_on_signals()
+        if _in_process_launcher(config):
+            _compose_each_job_once()
         if workers is not None:
             workers.join(timeout=120)  # a head start only: never hold the sweep for long
         # The summary's imports (matplotlib: ~0.5 s) happen while the jobs run.
         threading.Thread(target=_import_summary, name="import-summary", daemon=True).start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        _compose_each_job_once(False)
         failed = finish_open_sweep()
         if failed:
             raise SystemExit(1)
+
+
+def _in_process_launcher(config: DictConfig) -> bool:
+    """Hydra's basic launcher: the jobs run one after another in this process."""
+    launcher = config.hydra.get("launcher")
+    return isinstance(launcher, DictConfig) and str(launcher.get("_target_", "")) == (
+        "hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+
+
+def _compose_each_job_once(on: bool = True) -> None:
+    """Have Hydra compose each job's config once instead of twice.
+
+    The sweeper first composes every job of a batch to check it composes, discarding the
+    result; the basic launcher then composes each job again, from the same config loader,
+    master config and overrides. The first result is kept for the second request (which
+    takes it, so nothing outlives its job); composing costs about as much as a small
+    model's whole training.
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    original = getattr(ConfigLoaderImpl.load_sweep_config, "_composes_twice", None)
+    if original is not None:  # on already: restore first
+        ConfigLoaderImpl.load_sweep_config = original  # type: ignore[method-assign]
+    if not on:
+        return
+    compose = ConfigLoaderImpl.load_sweep_config
+    composed: dict[tuple[int, int, tuple[str, ...]], DictConfig] = {}
+
+    def load_sweep_config(self: ConfigLoaderImpl, master_config: DictConfig,
+                          sweep_overrides: list[str]) -> DictConfig:
+        key = (id(self), id(master_config), tuple(sweep_overrides))
+        kept = composed.pop(key, None)
+        if kept is not None:
+            return kept
+        config = compose(self, master_config, sweep_overrides)
+        composed[key] = config
+        return config
+
+    load_sweep_config._composes_twice = compose  # type: ignore[attr-defined]
+    ConfigLoaderImpl.load_sweep_config = load_sweep_config  # type: ignore[method-assign]
 
 
 def _sweeper(config: DictConfig) -> str:
@@ -366,8 +414,27 @@ def finish_open_sweep(*, aborted: bool = False, interrupted: bool = False) -> in
         if parent.run_id:
             log.info("sweep parent run %s %s", parent.run_id, parent.status)
         return -1 if parent.run_id else 0
+    if not interrupted:
+        _complete_best(parent, summary.best_run_id, _open_settings.get("complete_best"))
     _print_leaderboard(parent, summary, not_started)
     return summary.counts.failed + not_started
+
+
+def _complete_best(parent: SweepParent, run_id: str | None,
+                   parts: dict[str, bool] | None) -> None:
+    """Give a lean sweep's best job what a single run records: its model and its plots
+    (``make log-model`` / ``make plots`` do it for any other job). A failure is a warning:
+    the sweep's results stand without them."""
+    if run_id is None or not parts or not any(parts.values()) or parent.store is None:
+        return
+    from pipeline.complete import complete_run
+
+    try:
+        complete_run(run_id, uri=parent.store.uri, model=parts["model"], plots=parts["plots"])
+    except Exception as error:  # the store, a CSV gone since: the sweep's results stand
+        log.warning("the best run %s is kept without its model and plots: %s; "
+                    "make log-model RUN_ID=%s and make plots RUN_ID=%s add them", run_id,
+                    error, run_id, run_id)
 
 
 def _count_not_started(sweep_dir: Path | None, started: str) -> int:

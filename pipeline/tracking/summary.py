@@ -29,6 +29,7 @@ from pipeline.tracking.record import BOOKKEEPING_KEYS, CONFIG_DIGEST_TAG, ENDED_
 from pipeline.tracking.store import Store
 
 CURVE_METRIC = "train_loss"
+CURVES_AT_MOST = 10  # training curves drawn: the best children's (one read each)
 # The params that choose random streams; every other swept param is a setting.
 SEED_PARAMS = frozenset({"seed", "data.seed", "split.seed", "model.seed", "train.shuffle_seed"})
 LEADERBOARD_SIZE = 5
@@ -54,6 +55,7 @@ class Summary:
     best_by: str  # "mean over 3 seeds", or "single run"
     leaderboard: pd.DataFrame  # the top configurations (or runs), best first
     ranked_run_ids: list[str] = field(default_factory=list)  # current children, best first
+    best_run_id: str | None = None  # the best run (of the best configuration)
 
 
 def is_seed_param(name: str) -> bool:
@@ -252,7 +254,7 @@ def _plot_curves(store: Store, table: pd.DataFrame, params: list[str], folder: P
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for _, row in table.iterrows():
+    for _, row in table.head(CURVES_AT_MOST).iterrows():
         history = store.call("read a child's training curve", lambda r=row[
             "run_id"]: store.client.get_metric_history(r, CURVE_METRIC))
         if not history:
@@ -263,9 +265,10 @@ def _plot_curves(store: Store, table: pd.DataFrame, params: list[str], folder: P
     ax.set_xlabel("epoch")
     ax.set_ylabel(CURVE_METRIC)
     ax.set_yscale("log")
-    ax.set_title("training curves of every child run")
-    if len(table) <= 12:
-        ax.legend(fontsize=7)
+    shown = min(len(table), CURVES_AT_MOST)
+    ax.set_title("training curves of every child run" if shown == len(table)
+                 else f"training curves of the {shown} best child runs")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     path = folder / "training_curves.png"
     fig.savefig(path, dpi=100)
@@ -350,7 +353,9 @@ def _leaderboard(children: pd.DataFrame, groups: pd.DataFrame | None, settings: 
 def summarise(store: Store, experiment_id: str, parent_id: str, metric: str, direction: str,
               *, plots: bool = True) -> Summary:
     """Write the summary onto the parent run; return how its children ended and the
-    leaderboard."""
+    leaderboard. Reads the children with one query (and the best few curves), whatever
+    their number; the parent's ``time_summary_s`` says how long it took."""
+    started = time.perf_counter()
     client = store.client
     table = children_table(store, experiment_id, parent_id)
     if table.empty:
@@ -441,14 +446,19 @@ def summarise(store: Store, experiment_id: str, parent_id: str, metric: str, dir
                 shown_metrics = [metric, *[m for m in measured
                                            if m.startswith("test_") and m != metric]]
                 _plot_groups(groups[groups["n"] > 0], settings, shown_metrics, folder)
-            else:
-                _plot_metric_vs_params(scored, params, metric, folder)
+            else:  # the derived seeds follow the swept seed one to one
+                _plot_metric_vs_params(scored, [p for p in params if not p.startswith(
+                    "param:seeds.")], metric, folder)
             _plot_curves(store, scored, params, folder)
         store.call("log the sweep summary", lambda: client.log_artifacts(
             parent_id, str(folder), "summary"))
+    seconds = time.perf_counter() - started
+    store.call("time the sweep summary", lambda: client.log_batch(parent_id, metrics=[
+        Metric("time_summary_s", seconds, int(time.time() * 1000), 0)]))
     ranked_ids = list(rank_children(children, metric, direction)["run_id"])
     ranked_ids += [r for r in children["run_id"] if r not in set(ranked_ids)]
     return Summary(counts=counts, best_by=best_by,
                    leaderboard=_leaderboard(children, groups, settings, params, metric,
                                             direction),
-                   ranked_run_ids=ranked_ids)
+                   ranked_run_ids=ranked_ids,
+                   best_run_id=str(best["run_id"]) if best is not None else None)
