@@ -36,6 +36,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,58 +142,83 @@ class SweepCallback(Callback):
             print(f"Offline sweep: recorded in {sweep_dir}; send it with: make sync "
                   f"DIR={sweep_dir}", flush=True)
         _stop_on_signals()
-        if _in_process_launcher(config):
-            _compose_each_job_once()
+        _check_jobs_cheaply()
         if workers is not None:
             workers.join(timeout=120)  # a head start only: never hold the sweep for long
         # The summary's imports (matplotlib: ~0.5 s) happen while the jobs run.
         threading.Thread(target=_import_summary, name="import-summary", daemon=True).start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        _compose_each_job_once(False)
+        _check_jobs_cheaply(False)
         failed = finish_open_sweep()
         if failed:
             raise SystemExit(1)
 
 
-def _in_process_launcher(config: DictConfig) -> bool:
-    """Hydra's basic launcher: the jobs run one after another in this process."""
-    launcher = config.hydra.get("launcher")
-    return isinstance(launcher, DictConfig) and str(launcher.get("_target_", "")) == (
-        "hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+def _check_jobs_cheaply(on: bool = True) -> None:
+    """Have the sweeper check a batch of jobs by composing one job per shape.
 
-
-def _compose_each_job_once(on: bool = True) -> None:
-    """Have Hydra compose each job's config once instead of twice.
-
-    The sweeper first composes every job of a batch to check it composes, discarding the
-    result; the basic launcher then composes each job again, from the same config loader,
-    master config and overrides. The first result is kept for the second request (which
-    takes it, so nothing outlives its job); composing costs about as much as a small
-    model's whole training.
+    Before launching, a Hydra sweeper composes every job of the batch only to check that
+    it composes (the launcher composes each job again to run it, in its worker). Composing
+    costs about as much as a small model's whole training, and in a parallel sweep the
+    checks run one after another before any job starts. Jobs whose overrides differ only
+    in plain ``key=value`` settings (no config group, no ``+``/``~``/``hydra.``) share a
+    shape: the first is composed, the others' values are applied to it with the same
+    Hydra function composition uses, so every value is checked as composing would.
     """
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.plugins.sweeper import Sweeper
 
-    original = getattr(ConfigLoaderImpl.load_sweep_config, "_composes_twice", None)
+    original = getattr(Sweeper.validate_batch_is_legal, "_composes_every_job", None)
     if original is not None:  # on already: restore first
-        ConfigLoaderImpl.load_sweep_config = original  # type: ignore[method-assign]
+        Sweeper.validate_batch_is_legal = original  # type: ignore[method-assign]
     if not on:
         return
-    compose = ConfigLoaderImpl.load_sweep_config
-    composed: dict[tuple[int, int, tuple[str, ...]], DictConfig] = {}
+    compose_all = Sweeper.validate_batch_is_legal
 
-    def load_sweep_config(self: ConfigLoaderImpl, master_config: DictConfig,
-                          sweep_overrides: list[str]) -> DictConfig:
-        key = (id(self), id(master_config), tuple(sweep_overrides))
-        kept = composed.pop(key, None)
-        if kept is not None:
-            return kept
-        config = compose(self, master_config, sweep_overrides)
-        composed[key] = config
-        return config
+    def validate_batch_is_legal(self: Sweeper, batch: Sequence[Sequence[str]]) -> None:
+        loader = getattr(self, "hydra_context", None)
+        loader = loader.config_loader if loader is not None else getattr(
+            self, "config_loader", None)
+        repository = getattr(loader, "repository", None)
+        if loader is None or repository is None or self.config is None:
+            compose_all(self, batch)
+            return
+        check_batch(loader, self.config, batch)
 
-    load_sweep_config._composes_twice = compose  # type: ignore[attr-defined]
-    ConfigLoaderImpl.load_sweep_config = load_sweep_config  # type: ignore[method-assign]
+    validate_batch_is_legal._composes_every_job = compose_all  # type: ignore[attr-defined]
+    Sweeper.validate_batch_is_legal = validate_batch_is_legal  # type: ignore[method-assign]
+
+
+def check_batch(loader: Any, master: DictConfig, batch: Sequence[Sequence[str]]) -> int:
+    """Check that every job of ``batch`` composes (see :func:`_check_jobs_cheaply`);
+    raise what composing it would raise. Returns how many jobs were composed in full."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    shapes: dict[tuple[tuple[str, ...], tuple[str, ...]], DictConfig] = {}
+    for overrides in batch:
+        parsed = parser.parse_overrides(list(overrides))
+        plain = [o for o in parsed if _plain_setting(o, loader.repository)]
+        rest = tuple(str(o.input_line) for o in parsed if o not in plain)
+        shape = (rest, tuple(o.key_or_group for o in plain))
+        composed = shapes.get(shape)
+        if composed is None:
+            shapes[shape] = loader.load_sweep_config(master_config=master,
+                                                     sweep_overrides=list(overrides))
+        else:
+            ConfigLoaderImpl._apply_overrides_to_config(plain, composed)
+    return len(shapes)
+
+
+def _plain_setting(override: Any, repository: Any) -> bool:
+    """``key=value`` on a config key: what Hydra applies after composing (not a config
+    group, which changes what is composed; no add, delete or package; not ``hydra.*``)."""
+    return (override.package is None and not override.is_add()
+            and not override.is_force_add() and not override.is_delete()
+            and not override.is_hydra_override() and not override.is_sweep_override()
+            and not isinstance(override.value(), dict)
+            and not repository.group_exists(override.key_or_group))
 
 
 def _sweeper(config: DictConfig) -> str:
@@ -358,10 +384,14 @@ def _start_joblib_workers(config: DictConfig) -> threading.Thread | None:
     from joblib import Parallel, delayed, effective_n_jobs
 
     workers = effective_n_jobs(settings.get("n_jobs", -1))
+    sweep = config.get("sweep") or {}
+    tracking = config.get("tracking") or {}
+    # Only full per-job records draw plots (a lean job's are drawn at the sweep's end).
+    plots = sweep.get("child_record", "lean") == "full" and bool(tracking.get("plots", True))
 
     def warm() -> None:
         try:
-            Parallel(**settings)(delayed(_import_job_modules)(os.getpid())
+            Parallel(**settings)(delayed(_import_job_modules)(os.getpid(), plots)
                                  for _ in range(workers))
         except Exception as error:  # only a head start: the sweep works without it
             log.debug("warming up the joblib workers failed: %s", error)
@@ -371,19 +401,26 @@ def _start_joblib_workers(config: DictConfig) -> threading.Thread | None:
     return thread
 
 
-def _import_job_modules(launcher: int) -> int:
-    """Import what every job runs (MLflow and its SQL store, the runner) and watch the
-    ``launcher`` process (see :func:`stop_with_launcher`); return this worker's pid."""
+def _import_job_modules(launcher: int, plots: bool = True) -> int:
+    """Import what every job runs (MLflow and its SQL store, the runner, matplotlib if the
+    jobs draw ``plots``) and watch the ``launcher`` process (see
+    :func:`stop_with_launcher`); return this worker's pid."""
     stop_with_launcher(launcher)
-    import pipeline.plots  # forked plot processes inherit matplotlib
+    if plots:
+        import pipeline.plots  # forked plot processes inherit matplotlib
     import pipeline.runner
     import pipeline.tracking.shipper  # noqa: F401
     from pipeline.tracking.store import import_sql_store
 
     import_sql_store()
 
+    # Everything imported so far lives as long as the worker: keep it out of every later
+    # collection. loky collects garbage in full about once a second in its workers, and a
+    # full pass over MLflow, SQLAlchemy and pandas takes a good share of a small job.
+    gc.collect()
+    gc.freeze()
     # The launcher waits for its workers to exit: spare them the interpreter's last
-    # collection over every MLflow object (~0.5 s; see pipeline.__main__.cli).
+    # collection over what the jobs left (see pipeline.__main__.cli).
     atexit.register(gc.freeze)
     return os.getpid()
 

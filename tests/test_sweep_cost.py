@@ -12,7 +12,6 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
 from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
 from pipeline import sweep as sweep_module
 from pipeline.paths import CONF_DIR
@@ -59,13 +58,13 @@ def test_child_record_names_its_choices(compose_cfg) -> None:
         validate(compose_cfg("sweep.child_record=everything"))
 
 
-# -- one composition per job ----------------------------------------------------------------
+# -- checking a batch of jobs --------------------------------------------------------------
 @pytest.fixture
 def loader_and_master():
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
-    master = loader.load_configuration("config", ["hydra/launcher=basic"], RunMode.MULTIRUN)
+    master = loader.load_configuration("config", [], RunMode.MULTIRUN)
     yield loader, master
-    sweep_module._compose_each_job_once(False)
+    sweep_module._check_jobs_cheaply(False)
 
 
 def _count_compositions(monkeypatch) -> list[list[str]]:
@@ -80,39 +79,66 @@ def _count_compositions(monkeypatch) -> list[list[str]]:
     return calls
 
 
-def test_a_job_checked_by_the_sweeper_is_not_composed_again(monkeypatch,
-                                                            loader_and_master) -> None:
-    loader, master = loader_and_master
-    calls = _count_compositions(monkeypatch)
-    sweep_module._compose_each_job_once()
-    checked = [loader.load_sweep_config(master, [f"seed={s}"]) for s in (1, 2)]  # the sweeper
-    launched = [loader.load_sweep_config(master, [f"seed={s}"]) for s in (1, 2)]  # the launcher
-    assert len(calls) == 2
-    assert [c.seed for c in launched] == [1, 2]
-    assert launched[0] is checked[0]
-    # Taken by the launcher: a third request (another sweep, say) composes afresh.
-    again = loader.load_sweep_config(master, ["seed=1"])
-    assert again is not checked[0] and len(calls) == 3
+def _jobs(*axes: list[str]) -> list[list[str]]:
+    import itertools
+
+    return [list(job) for job in itertools.product(*axes)]
 
 
-def test_off_restores_hydras_own_composition(monkeypatch, loader_and_master) -> None:
+def test_jobs_differing_in_plain_settings_are_composed_once(monkeypatch,
+                                                           loader_and_master) -> None:
     loader, master = loader_and_master
-    sweep_module._compose_each_job_once()
-    sweep_module._compose_each_job_once()  # twice on: still one wrapper
-    sweep_module._compose_each_job_once(False)
     calls = _count_compositions(monkeypatch)
-    for _ in range(2):
-        loader.load_sweep_config(master, ["seed=1"])
+    batch = _jobs([f"seed={s}" for s in range(20)], ["optimizer.lr=0.1", "optimizer.lr=0.01"],
+                  ["model.hidden_sizes=[8]", "model.hidden_sizes=[16,8]"])
+    assert sweep_module.check_batch(loader, master, batch) == 1
+    assert len(calls) == 1
+
+
+def test_each_config_group_choice_is_composed(monkeypatch, loader_and_master) -> None:
+    loader, master = loader_and_master
+    calls = _count_compositions(monkeypatch)
+    batch = _jobs(["optimizer=sgd", "optimizer=adam"], [f"seed={s}" for s in range(5)])
+    assert sweep_module.check_batch(loader, master, batch) == 2
     assert len(calls) == 2
 
 
-def test_only_the_basic_launcher_runs_jobs_in_the_sweeps_process() -> None:
-    basic = OmegaConf.create({"hydra": {"launcher": {
-        "_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}}})
-    joblib = OmegaConf.create({"hydra": {"launcher": {
-        "_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}}})
-    assert sweep_module._in_process_launcher(basic)
-    assert not sweep_module._in_process_launcher(joblib)
+def _outcome(action) -> str:
+    try:
+        action()
+    except Exception as error:  # what Hydra raises, compared below
+        return f"{type(error).__name__}: {error}"
+    return "composes"
+
+
+@pytest.mark.parametrize("bad, raises", [
+    ("train.no_such_key=1", True),            # not in the config
+    ("optimizer=no_such_optimizer", True),    # not a config group option
+    ("+seed=3", True),                        # adding a key that exists
+    ("~train.no_such_key", True),             # deleting a key that does not exist
+    ("seed=abc", False),  # untyped YAML: the job's own schema check fails it, one line
+])
+def test_a_bad_job_anywhere_in_the_batch_fails_as_composing_it_would(
+        loader_and_master, bad, raises) -> None:
+    loader, master = loader_and_master
+    batch = [["seed=1", "train.epochs=5"] for _ in range(4)]
+    key = bad.lstrip("+~").split("=")[0]
+    batch[2] = [o for o in batch[2] if not o.startswith(f"{key}=")] + [bad]
+    cheap = _outcome(lambda: sweep_module.check_batch(loader, master, batch))
+    full = _outcome(lambda: loader.load_sweep_config(master, batch[2]))
+    assert cheap == full
+    assert (cheap != "composes") == raises
+
+
+def test_the_check_is_on_only_during_a_sweep(monkeypatch, loader_and_master) -> None:
+    from hydra.plugins.sweeper import Sweeper
+
+    original = Sweeper.validate_batch_is_legal
+    sweep_module._check_jobs_cheaply()
+    sweep_module._check_jobs_cheaply()  # twice on: still one wrapper
+    assert Sweeper.validate_batch_is_legal is not original
+    sweep_module._check_jobs_cheaply(False)
+    assert Sweeper.validate_batch_is_legal is original
 
 
 # -- a new store from the schema template ---------------------------------------------------
