@@ -52,7 +52,7 @@ lint: $(STAMP) ## ruff
 
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13.0*cp311*.whl))
 
-bench: $(STAMP) ## speed: the core vs NumPy, scikit-learn, PyTorch; start-up, sweep speed-up, long runs, CSV loading (ARGS="--only csv")
+bench: $(STAMP) ## speed: the core vs NumPy, scikit-learn, PyTorch; start-up, sweep speed-up and per-job cost, long runs, CSV loading (ARGS="--only csv")
 	@# PyTorch only from a local wheel: a plain `pip install torch` pulls a multi-GB CUDA build.
 	@if [ -n "$(TORCH_WHEEL)" ] && ! $(PY) -c "import torch" 2>/dev/null; then \
 		$(PY) -m pip install --quiet -c requirements.lock "$(TORCH_WHEEL)"; fi

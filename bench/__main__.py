@@ -1,6 +1,7 @@
 """``python -m bench [--quick] [--only PART ...] [--threads N] [--no-memory]``.
 
-Parts: W1 W2 W3 scaling (the core), startup sweep longrun (the pipeline end to end), csv
+Parts: W1 W2 W3 scaling (the core), startup sweep longrun (the pipeline end to end; sweep:
+the speed-up on 2 workers and the per-job cost of 8-, 32- and 256-job sweeps), csv
 (loading a 1,000,000-row CSV: time and peak memory against the file's size).
 """
 
@@ -15,6 +16,7 @@ from bench.contenders import ALL_KEYS
 from bench.pipeline_runs import DEFAULT_SWEEPS, QUICK_SWEEPS
 from bench.run import RESULTS_DIR, Plan, run_benchmark
 from bench.scaling import ScalingPlan
+from bench.sweep_cost import DEFAULT_COST, QUICK_COST
 from bench.workloads import standard_workloads
 
 PARTS = ("W1", "W2", "W3", "scaling", "startup", "sweep", "longrun", "csv")
@@ -28,8 +30,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Speed of the NumPy MLP core against a textbook NumPy loop, scikit-learn "
-                    "and PyTorch; the pipeline's start-up, a sweep's parallel speed-up and "
-                    "a long run's tracking cost. Results: stdout and bench/results/.")
+                    "and PyTorch; the pipeline's start-up, a sweep's parallel speed-up and per-job "
+                    "cost, and a long run's tracking cost. Results: stdout and "
+                    "bench/results/.")
     parser.add_argument("--quick", action="store_true",
                         help="shorter runs and a smaller scaling study (about a minute)")
     parser.add_argument("--only", nargs="+", choices=PARTS, metavar="PART",
@@ -56,9 +59,10 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     if "scaling" in parts:
         scaling = QUICK_SCALING if args.quick else ScalingPlan()
     sweeps = (QUICK_SWEEPS if args.quick else DEFAULT_SWEEPS) if "sweep" in parts else ()
+    sweep_cost = (QUICK_COST if args.quick else DEFAULT_COST) if "sweep" in parts else None
     return Plan(workloads=workloads, contender_keys=tuple(args.contenders),
                 startup_repeats=(3 if args.quick else 5) if "startup" in parts else 0,
-                sweeps=sweeps,
+                sweeps=sweeps, sweep_cost=sweep_cost,
                 long_run_epochs=(50_000 if args.quick else 200_000) if "longrun" in parts else 0,
                 threads=args.threads, memory=not args.no_memory,
                 verify_epochs=300 if args.quick else 500, scaling=scaling, out_dir=args.out,

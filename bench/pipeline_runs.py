@@ -17,8 +17,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.report import markdown_table
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,16 +38,14 @@ class SweepCase:
 
 # 8 jobs each: 4 learning rates x 2 widths.
 SWEEP_AXES = ("optimizer.lr=0.001,0.003,0.01,0.03", "model.hidden_sizes=[8],[16]")
+# Small jobs are bench/sweep_cost.py's business; this one keeps a core busy in NumPy.
 DEFAULT_SWEEPS = (
-    # The default pipeline: ~0.15 s of training, the rest is start-up and tracking.
-    SweepCase("default jobs (3000 full-batch epochs, 800 rows)", SWEEP_AXES),
     # Training-bound: 20,000 rows in batches of 32, single-threaded NumPy work per job.
     SweepCase("training-bound jobs (20,000 rows, batch 32, 1000 epochs)",
               (*SWEEP_AXES, "data.n_samples=20000", "train.batch_size=32",
                "train.epochs=1000")),
 )
 QUICK_SWEEPS = (
-    SweepCase("default jobs (3000 full-batch epochs, 800 rows)", SWEEP_AXES),
     SweepCase("training-bound jobs (20,000 rows, batch 32, 150 epochs)",
               (*SWEEP_AXES, "data.n_samples=20000", "train.batch_size=32",
                "train.epochs=150")),
@@ -194,22 +196,32 @@ def measure_sweep(case: SweepCase, folder: Path | None = None) -> SweepResult:
     return SweepResult(case, serial, parallel, n_children, train_s)
 
 
+def sweep_runs(db: Path, sweep_dir: Path) -> tuple[Run, list[Run]]:
+    """The parent run of the sweep written to ``sweep_dir`` in the sqlite store ``db``, and
+    its children (any status)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("mlp-pipeline")
+    if experiment is None:
+        raise CommandFailed(f"no experiment mlp-pipeline in {db}")
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.sweep_dir = '{sweep_dir}' and tags.sweep = 'parent'")
+    if not parents:
+        raise CommandFailed(f"no parent run for the sweep in {sweep_dir}")
+    children = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    return parents[0], children
+
+
 def _check_children(work: Path, sweeps: Sequence[str]) -> tuple[int, float]:
     """Both sweeps' parents hold the same number of FINISHED children; return it and the
     serial children's mean train-stage seconds."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("mlp-pipeline")
-    assert experiment is not None
     counts, train_s = [], 0.0
     for name in sweeps:
-        parent = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.sweep_dir = '{work / name}' and tags.sweep = 'parent'")[0]
-        children = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        _, children = sweep_runs(work / "mlflow.db", work / name)
         if not children or any(c.info.status != "FINISHED" for c in children):
             raise CommandFailed(f"sweep {name}: not every child FINISHED")
         counts.append(len(children))

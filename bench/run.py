@@ -27,6 +27,7 @@ from bench.scaling import (
     memory_jobs,
     run_scaling_timing,
 )
+from bench.sweep_cost import CostPlan, cost_markdown, measure_sweep_cost
 from bench.timing import seconds_per_epoch
 from bench.verify import core_matches_yardstick
 from bench.workloads import Workload, make_data
@@ -61,6 +62,7 @@ class Plan:
     matmul_target: float = 0.1  # seconds each bare-matmul repeat lasts
     startup_repeats: int = 0  # 0: skip the end-to-end start-up measurement
     sweeps: tuple[SweepCase, ...] = ()
+    sweep_cost: CostPlan | None = None  # None: skip the per-job cost of sweeps
     long_run_epochs: int = 0  # 0: skip the long run's tracking cost
 
 
@@ -123,6 +125,21 @@ def compose(plan: Plan, machine: Sequence[str], results: Sequence[report.Workloa
     return "\n".join(lines) + "\n"
 
 
+def end_to_end_sections(plan: Plan, say: Callable[[str], None] = log) -> str | None:
+    """The pipeline's parts of ``plan`` (start-up, sweeps, their per-job cost, the long run),
+    in fresh processes with the user's own thread counts; None when none is planned."""
+    sections = []
+    if plan.startup_repeats or plan.sweeps:
+        sections.append(run_pipeline_benchmarks(plan.sweeps, plan.startup_repeats, say))
+    if plan.sweep_cost is not None:
+        sections.append(cost_markdown(measure_sweep_cost(plan.sweep_cost, say)))
+    if plan.long_run_epochs:
+        from bench.long_run import long_run_markdown, measure_long_run
+
+        sections.append(long_run_markdown(measure_long_run(say, plan.long_run_epochs)))
+    return "\n".join(sections) or None
+
+
 def run_benchmark(plan: Plan, say: Callable[[str], None] = log) -> tuple[str, str | None]:
     """Run ``plan`` with every thread pool limited to ``plan.threads``; write bench.md (and
     scaling.md/png) into ``plan.out_dir``.
@@ -154,14 +171,7 @@ def run_benchmark(plan: Plan, say: Callable[[str], None] = log) -> tuple[str, st
     if plan.memory:
         say("peak memory: one fresh process per workload and contender")
         measure_memory(plan, results, keys, scaling)
-    end_to_end = None
-    if plan.startup_repeats or plan.sweeps:  # fresh processes: the user's own thread counts
-        end_to_end = run_pipeline_benchmarks(plan.sweeps, plan.startup_repeats, say)
-    if plan.long_run_epochs:
-        from bench.long_run import long_run_markdown, measure_long_run
-
-        long_run = long_run_markdown(measure_long_run(say, plan.long_run_epochs))
-        end_to_end = long_run if end_to_end is None else f"{end_to_end}\n{long_run}"
+    end_to_end = end_to_end_sections(plan, say)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     text = compose(plan, machine, results, notes, correctness, time.perf_counter() - start,
                    end_to_end)

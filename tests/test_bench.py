@@ -20,6 +20,14 @@ from bench.pipeline_runs import (
 )
 from bench.run import Plan, run_benchmark
 from bench.scaling import ScalingPlan
+from bench.sweep_cost import (
+    DEFAULT_COST,
+    QUICK_COST,
+    CostResults,
+    SweepCost,
+    cost_markdown,
+    run_cost_sweep,
+)
 from bench.workloads import Workload, activation_bytes, data_bytes, make_data, rf_task
 
 TINY_W1 = Workload("W1", (2, 3, 1), 40, epochs=3, learning_rate=0.003, data="rf", repeats=1,
@@ -118,6 +126,60 @@ def test_sweep_benchmark_runs_both_launchers(tmp_path: Path) -> None:
     assert result.serial_s > 0 and result.parallel_s > 0 and 0 < result.train_s < 5
     assert (tmp_path / "serial" / "multirun.yaml").exists()
     assert (tmp_path / "parallel" / "multirun.yaml").exists()
+
+
+def _costs(per_job: dict[tuple[int, str], float], summary_s: float | None) -> CostResults:
+    """Fabricated results of the default plan: seconds per job by (jobs, launcher)."""
+    sweeps = tuple(SweepCost(jobs, epochs, launcher, per_job[jobs, launcher] * jobs,
+                             summary_s if jobs == 256 and launcher == "basic" else None)
+                   for jobs, epochs in DEFAULT_COST.sizes for launcher in ("basic", "joblib"))
+    return CostResults(DEFAULT_COST, sweeps, import_samples=(1.0, 0.8, 1.2))
+
+
+def test_sweep_cost_table_has_every_size_and_the_ratio_to_import_mlflow() -> None:
+    per_job = {(8, "basic"): 1.0, (8, "joblib"): 0.8, (32, "basic"): 0.4,
+               (32, "joblib"): 0.25, (256, "basic"): 0.44, (256, "joblib"): 0.25}
+    text = cost_markdown(_costs(per_job, summary_s=3.2))
+    assert "N = 8, 32, 256" in text and "--quick" not in text
+    assert "| 8 | 300 | basic | 8.0 s | 1.00 s | 1.00× | — | n/a |" in text
+    assert "| 32 | 300 | joblib, 2 workers | 8.0 s | 0.25 s | 0.25× | 1.60× | n/a |" in text
+    assert "| 256 | 10 | basic | 112.6 s | 0.44 s | 0.44× | — | 3.20 s |" in text
+    assert "`python -c \"import mlflow\"`: 1.00 s (median of 3" in text
+    assert ("- 32 jobs (train.epochs=300), basic launcher: per job ≤ 0.5 s: 0.40 s "
+            "(0.40× `import mlflow`), met") in text
+    assert "per job ≤ 1.2× the 32-job figure: 0.44 s / 0.40 s = 1.10×, met" in text
+    assert "- 256-job summary (`time_summary_s`, basic) ≤ 5 s: 3.20 s, met" in text
+    assert "- 256 jobs: joblib 2 workers vs basic ≥ 1.6×: 1.76×, met" in text
+
+
+def test_sweep_cost_targets_report_misses_and_a_missing_summary() -> None:
+    per_job = {(8, "basic"): 1.0, (8, "joblib"): 0.8, (32, "basic"): 0.6,
+               (32, "joblib"): 0.5, (256, "basic"): 0.8, (256, "joblib"): 0.6}
+    text = cost_markdown(_costs(per_job, summary_s=None))
+    assert "per job ≤ 0.5 s: 0.60 s (0.60× `import mlflow`), **MISSED**" in text
+    assert "= 1.33×, **MISSED**" in text
+    assert "≤ 5 s: n/a, not measured" in text
+    assert "vs basic ≥ 1.6×: 1.33×, **MISSED**" in text
+    text = cost_markdown(_costs({**per_job, (256, "joblib"): 0.4}, summary_s=6.0))
+    assert "≤ 5 s: 6.00 s, **MISSED**" in text and "≥ 1.6×: 2.00×, met" in text
+
+
+def test_quick_sweep_cost_says_so_and_aims_at_its_own_sizes() -> None:
+    sweeps = tuple(SweepCost(jobs, epochs, launcher, 4.0 * jobs ** 0.5, None)
+                   for jobs, epochs in QUICK_COST.sizes for launcher in ("basic", "joblib"))
+    text = cost_markdown(CostResults(QUICK_COST, sweeps, import_samples=(2.0,)))
+    assert "N = 4, 8, 32 (--quick" in text
+    assert "- 8 jobs (train.epochs=300), basic launcher: per job ≤ 0.5 s" in text
+    assert "- 32 jobs (train.epochs=10), basic: per job ≤ 1.2× the 8-job figure" in text
+
+
+@pytest.mark.slow  # one real 2-job sweep: ~10 s
+def test_sweep_cost_times_a_real_sweep_on_a_fresh_store(tmp_path: Path) -> None:
+    result = run_cost_sweep(2, 5, "basic", folder=tmp_path)
+    assert (result.jobs, result.epochs, result.launcher) == (2, 5, "basic")
+    assert result.seconds > 0 and result.per_job == result.seconds / 2
+    assert result.summary_s is None or result.summary_s >= 0
+    assert (tmp_path / "mlflow.db").exists() and (tmp_path / "basic" / "multirun.yaml").exists()
 
 
 @pytest.mark.slow  # fresh pipeline processes: ~20 s
