@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import gc
 import json
 import logging
@@ -143,6 +144,7 @@ class SweepCallback(Callback):
                   f"DIR={sweep_dir}", flush=True)
         _stop_on_signals()
         _check_jobs_cheaply()
+        compose_by_shape()
         if workers is not None:
             workers.join(timeout=120)  # a head start only: never hold the sweep for long
         # The summary's imports (matplotlib: ~0.5 s) happen while the jobs run.
@@ -150,6 +152,7 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         _check_jobs_cheaply(False)
+        compose_by_shape(False)
         failed = finish_open_sweep()
         if failed:
             raise SystemExit(1)
@@ -193,15 +196,10 @@ def check_batch(loader: Any, master: DictConfig, batch: Sequence[Sequence[str]])
     """Check that every job of ``batch`` composes (see :func:`_check_jobs_cheaply`);
     raise what composing it would raise. Returns how many jobs were composed in full."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
     shapes: dict[tuple[tuple[str, ...], tuple[str, ...]], DictConfig] = {}
     for overrides in batch:
-        parsed = parser.parse_overrides(list(overrides))
-        plain = [o for o in parsed if _plain_setting(o, loader.repository)]
-        rest = tuple(str(o.input_line) for o in parsed if o not in plain)
-        shape = (rest, tuple(o.key_or_group for o in plain))
+        plain, shape = _shape(loader, overrides)
         composed = shapes.get(shape)
         if composed is None:
             shapes[shape] = loader.load_sweep_config(master_config=master,
@@ -209,6 +207,81 @@ def check_batch(loader: Any, master: DictConfig, batch: Sequence[Sequence[str]])
         else:
             ConfigLoaderImpl._apply_overrides_to_config(plain, composed)
     return len(shapes)
+
+
+def _shape(loader: Any, overrides: Sequence[str]) -> tuple[list[Any], tuple[Any, ...]]:
+    """A job's plain ``key=value`` overrides (parsed) and its shape: everything else it
+    overrides, and the plain settings' keys. Jobs of one shape compose to the same config
+    but for those settings' values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    plain = [o for o in parsed if _plain_setting(o, loader.repository)]
+    rest = tuple(str(o.input_line) for o in parsed if o not in plain)
+    return plain, (rest, tuple(o.key_or_group for o in plain))
+
+
+_composed: dict[tuple[Any, ...], DictConfig] = {}  # one composed job per shape
+
+
+def compose_by_shape(on: bool = True) -> None:
+    """Compose each shape of job once per process; later jobs of that shape are a copy
+    of it with their own settings applied.
+
+    Hydra composes every job from scratch: YAML files read and merged, defaults lists
+    built, about as long as a small model's whole training. A job whose overrides differ
+    from an earlier one's only in plain ``key=value`` settings (see :func:`_shape`) gets a
+    copy of that job's config with its own values applied by the function Hydra's
+    composition applies them with, and the fields Hydra derives from the overrides
+    (``hydra.overrides.task``, ``hydra.job.override_dirname``) set as Hydra sets them.
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    original = getattr(ConfigLoaderImpl.load_sweep_config, "_composes_every_job", None)
+    if original is not None:  # on already: restore first
+        ConfigLoaderImpl.load_sweep_config = original  # type: ignore[method-assign]
+    _composed.clear()
+    if not on:
+        return
+    compose = ConfigLoaderImpl.load_sweep_config
+
+    def load_sweep_config(self: Any, master_config: DictConfig,
+                          sweep_overrides: list[str]) -> DictConfig:
+        hydra = master_config.hydra
+        plain, shape = _shape(self, sweep_overrides)
+        key = (hydra.job.config_name, tuple(hydra.overrides.hydra),
+               tuple(hydra.overrides.task), shape)
+        reference = _composed.get(key)
+        if reference is None:
+            config = compose(self, master_config, sweep_overrides)
+            _composed[key] = copy.deepcopy(config)
+            return config
+        config = copy.deepcopy(reference)
+        ConfigLoaderImpl._apply_overrides_to_config(plain, config)
+        _derive_from_overrides(config, sweep_overrides)
+        OmegaConf.copy_cache(from_config=master_config, to_config=config)
+        return config
+
+    load_sweep_config._composes_every_job = compose  # type: ignore[attr-defined]
+    ConfigLoaderImpl.load_sweep_config = load_sweep_config  # type: ignore[method-assign]
+
+
+def _derive_from_overrides(config: DictConfig, overrides: Sequence[str]) -> None:
+    """Set what Hydra's composition derives from a job's overrides: the task overrides
+    and ``hydra.job.override_dirname`` (the hydra overrides are one shape's)."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    app = [o for o in OverridesParser.create().parse_overrides(list(overrides))
+           if not o.is_hydra_override()]
+    job = config.hydra.job
+    with open_dict(config.hydra):
+        config.hydra.overrides.task = [o.input_line for o in app]
+        job.override_dirname = get_overrides_dirname(
+            overrides=app, kv_sep=job.config.override_dirname.kv_sep,
+            item_sep=job.config.override_dirname.item_sep,
+            exclude_keys=job.config.override_dirname.exclude_keys)
+        config.hydra.runtime.cwd = os.getcwd()
 
 
 def _plain_setting(override: Any, repository: Any) -> bool:
@@ -413,6 +486,7 @@ def _import_job_modules(launcher: int, plots: bool = True) -> int:
     from pipeline.tracking.store import import_sql_store
 
     import_sql_store()
+    compose_by_shape()
 
     # Everything imported so far lives as long as the worker: keep it out of every later
     # collection. loky collects garbage in full about once a second in its workers, and a

@@ -12,6 +12,7 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
 from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from pipeline import sweep as sweep_module
 from pipeline.paths import CONF_DIR
@@ -128,6 +129,43 @@ def test_a_bad_job_anywhere_in_the_batch_fails_as_composing_it_would(
     full = _outcome(lambda: loader.load_sweep_config(master, batch[2]))
     assert cheap == full
     assert (cheap != "composes") == raises
+
+
+@pytest.mark.parametrize("batch", [
+    _jobs([f"seed={s}" for s in range(4)], ["optimizer.lr=0.1", "optimizer.lr=1e-3"]),
+    _jobs(["optimizer=sgd", "optimizer=adam"], ["model.hidden_sizes=[8]",
+                                                "model.hidden_sizes=[16,8]"]),
+    _jobs(["data=csv", "data=rf"], ["seed=1", "seed=2"], ["tracking.run_name='a b=c'"]),
+    _jobs(["+tags.team=x", "+tags.team=y"], ["train.epochs=3", "train.epochs=4"]),
+    _jobs(["hydra.job.chdir=false"], ["seed=7", "seed=8"], ["++tags={a: 1}", "++tags={b: 2}"]),
+    _jobs(["split.test_fraction=0.2", "split.test_fraction=0.3"], ["~split.stratify", "seed=3"]),
+])
+def test_a_job_composed_from_its_shape_equals_hydras_own_composition(
+        loader_and_master, batch) -> None:
+    loader, master = loader_and_master
+    full = [OmegaConf.to_yaml(loader.load_sweep_config(master, job)) for job in batch]
+    sweep_module.compose_by_shape()
+    try:
+        for _ in range(2):  # the first of each shape composed, the rest copied, then all copied
+            fast = [loader.load_sweep_config(master, job) for job in batch]
+            for config in fast:
+                config.hydra.job.id = "changed by its launcher"  # never reaches the others
+            fast = [OmegaConf.to_yaml(loader.load_sweep_config(master, job)) for job in batch]
+            assert fast == full
+    finally:
+        sweep_module.compose_by_shape(False)
+
+
+def test_composing_by_shape_skips_hydras_composition(monkeypatch, loader_and_master) -> None:
+    loader, master = loader_and_master
+    sweep_module.compose_by_shape()
+    try:
+        calls = _count_compositions(monkeypatch)
+        for seed in range(10):
+            assert loader.load_sweep_config(master, [f"seed={seed}"]).seed == seed
+        assert len(calls) == 1
+    finally:
+        sweep_module.compose_by_shape(False)
 
 
 def test_the_check_is_on_only_during_a_sweep(monkeypatch, loader_and_master) -> None:

@@ -325,7 +325,8 @@ def _resume_scenario(tmp: Path, launcher: list[str]) -> None:
     client = client_of(tmp)
     marker = str(tmp)
     log = tmp / "first.out"
-    process = start(log, *GRID, *quick("optimizer.lr", "train.epochs"), "train.epochs=3000",
+    # Jobs long enough (~1 s of training) that two are running when the launcher dies.
+    process = start(log, *GRID, *quick("optimizer.lr", "train.epochs"), "train.epochs=20000",
                     *launcher, *store_args(tmp), marker=marker)
     joblib = bool(launcher)
     try:
