@@ -199,26 +199,34 @@ def check_batch(loader: Any, master: DictConfig, batch: Sequence[Sequence[str]])
 
     shapes: dict[tuple[tuple[str, ...], tuple[str, ...]], DictConfig] = {}
     for overrides in batch:
-        plain, shape = _shape(loader, overrides)
-        composed = shapes.get(shape)
+        job = _job(loader, overrides)
+        composed = shapes.get(job.shape)
         if composed is None:
-            shapes[shape] = loader.load_sweep_config(master_config=master,
-                                                     sweep_overrides=list(overrides))
+            shapes[job.shape] = loader.load_sweep_config(master_config=master,
+                                                         sweep_overrides=list(overrides))
         else:
-            ConfigLoaderImpl._apply_overrides_to_config(plain, composed)
+            ConfigLoaderImpl._apply_overrides_to_config(job.plain, composed)
     return len(shapes)
 
 
-def _shape(loader: Any, overrides: Sequence[str]) -> tuple[list[Any], tuple[Any, ...]]:
-    """A job's plain ``key=value`` overrides (parsed) and its shape: everything else it
-    overrides, and the plain settings' keys. Jobs of one shape compose to the same config
-    but for those settings' values."""
+@dataclass(frozen=True)
+class _Job:
+    """A job's overrides, parsed: the plain ``key=value`` settings and its shape (everything
+    else it overrides, and the plain settings' keys). Jobs of one shape compose to the same
+    config but for those settings' values."""
+
+    parsed: list[Any]
+    plain: list[Any]
+    shape: tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def _job(loader: Any, overrides: Sequence[str]) -> _Job:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     plain = [o for o in parsed if _plain_setting(o, loader.repository)]
     rest = tuple(str(o.input_line) for o in parsed if o not in plain)
-    return plain, (rest, tuple(o.key_or_group for o in plain))
+    return _Job(parsed, plain, (rest, tuple(o.key_or_group for o in plain)))
 
 
 _composed: dict[tuple[Any, ...], DictConfig] = {}  # one composed job per shape
@@ -230,7 +238,7 @@ def compose_by_shape(on: bool = True) -> None:
 
     Hydra composes every job from scratch: YAML files read and merged, defaults lists
     built, about as long as a small model's whole training. A job whose overrides differ
-    from an earlier one's only in plain ``key=value`` settings (see :func:`_shape`) gets a
+    from an earlier one's only in plain ``key=value`` settings (see :class:`_Job`) gets a
     copy of that job's config with its own values applied by the function Hydra's
     composition applies them with, and the fields Hydra derives from the overrides
     (``hydra.overrides.task``, ``hydra.job.override_dirname``) set as Hydra sets them.
@@ -248,17 +256,17 @@ def compose_by_shape(on: bool = True) -> None:
     def load_sweep_config(self: Any, master_config: DictConfig,
                           sweep_overrides: list[str]) -> DictConfig:
         hydra = master_config.hydra
-        plain, shape = _shape(self, sweep_overrides)
+        job = _job(self, sweep_overrides)
         key = (hydra.job.config_name, tuple(hydra.overrides.hydra),
-               tuple(hydra.overrides.task), shape)
+               tuple(hydra.overrides.task), job.shape)
         reference = _composed.get(key)
         if reference is None:
             config = compose(self, master_config, sweep_overrides)
             _composed[key] = copy.deepcopy(config)
             return config
         config = copy.deepcopy(reference)
-        ConfigLoaderImpl._apply_overrides_to_config(plain, config)
-        _derive_from_overrides(config, sweep_overrides)
+        ConfigLoaderImpl._apply_overrides_to_config(job.plain, config)
+        _derive_from_overrides(config, job.parsed)
         OmegaConf.copy_cache(from_config=master_config, to_config=config)
         return config
 
@@ -266,14 +274,12 @@ def compose_by_shape(on: bool = True) -> None:
     ConfigLoaderImpl.load_sweep_config = load_sweep_config  # type: ignore[method-assign]
 
 
-def _derive_from_overrides(config: DictConfig, overrides: Sequence[str]) -> None:
-    """Set what Hydra's composition derives from a job's overrides: the task overrides
-    and ``hydra.job.override_dirname`` (the hydra overrides are one shape's)."""
+def _derive_from_overrides(config: DictConfig, parsed: Sequence[Any]) -> None:
+    """Set what Hydra's composition derives from a job's ``parsed`` overrides: the task
+    overrides and ``hydra.job.override_dirname`` (the hydra overrides are one shape's)."""
     from hydra._internal.config_loader_impl import get_overrides_dirname
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    app = [o for o in OverridesParser.create().parse_overrides(list(overrides))
-           if not o.is_hydra_override()]
+    app = [o for o in parsed if not o.is_hydra_override()]
     job = config.hydra.job
     with open_dict(config.hydra):
         config.hydra.overrides.task = [o.input_line for o in app]
