@@ -321,3 +321,30 @@ def test_child_record_full_records_every_job_as_a_single_run(tmp_path) -> None:
         assert len(_models(client, run_id, parent.info.experiment_id)) == 1
         assert "plots/roc_curve.png" in _artifacts(client, run_id, "plots")
         assert len(client.get_metric_history(run_id, "train_loss")) == 300
+
+
+# -- one heartbeat thread per process --------------------------------------------------------
+def test_one_thread_beats_for_every_live_run_and_never_after_its_end(tmp_path) -> None:
+    import threading
+
+    from pipeline.tracking.recorder import Heartbeat
+    from pipeline.tracking.store import drop_heartbeat
+
+    store = open_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = store.client.create_experiment("beats")
+    runs = [store.client.create_run(experiment).info.run_id for _ in range(3)]
+    beats = [Heartbeat(store, run_id) for run_id in runs]
+    threads = [t for t in threading.enumerate() if t.name == "heartbeat"]
+    assert len(threads) == 1
+    for beat in beats:
+        beat._beat()  # what the thread does every 15 s
+    assert all("pipeline.heartbeat" in store.client.get_run(r).data.tags for r in runs)
+
+    beats[0].stop()
+    drop_heartbeat(store, runs[0])  # what a run's end does
+    assert beats[0] not in Heartbeat._live and beats[1] in Heartbeat._live
+    beats[0]._beat()  # a beat the thread had already picked up: it must not land
+    assert "pipeline.heartbeat" not in store.client.get_run(runs[0]).data.tags
+    for beat in beats[1:]:
+        beat.stop()
+    assert not any(beat in Heartbeat._live for beat in beats)

@@ -77,7 +77,6 @@ class Heartbeat:
 
     _lock: ClassVar[threading.Lock] = threading.Lock()
     _live: ClassVar[list[Heartbeat]] = []
-    _wake: ClassVar[threading.Event] = threading.Event()
     _thread: ClassVar[threading.Thread | None] = None
 
     def __init__(self, store: Store, run_id: str,
@@ -95,8 +94,7 @@ class Heartbeat:
     @classmethod
     def _beat_all(cls) -> None:
         while True:
-            cls._wake.wait(HEARTBEAT_INTERVAL_S)
-            cls._wake.clear()
+            time.sleep(HEARTBEAT_INTERVAL_S)
             with cls._lock:
                 live = list(cls._live)
             for beat in live:
@@ -119,12 +117,10 @@ class Heartbeat:
         with Heartbeat._lock:
             if self in Heartbeat._live:
                 Heartbeat._live.remove(self)
-        # A beat stuck on a failing store is not waited for.
-        if self._beating.acquire(timeout=1.0):
-            self._stopped = True
+        landed = self._beating.acquire(timeout=1.0)  # one stuck on a failing store is not
+        self._stopped = True                           # waited for
+        if landed:
             self._beating.release()
-        else:
-            self._stopped = True
 
 
 class Recorder:
