@@ -531,27 +531,31 @@ def finish_open_sweep(*, aborted: bool = False, interrupted: bool = False) -> in
         if parent.run_id:
             log.info("sweep parent run %s %s", parent.run_id, parent.status)
         return -1 if parent.run_id else 0
+    model = None
     if not interrupted:
-        _complete_best(parent, summary.best_run_id, _open_settings.get("complete_best"))
-    _print_leaderboard(parent, summary, not_started)
+        model = _complete_best(parent, summary.best_run_id, _open_settings.get("complete_best"))
+    _print_leaderboard(parent, summary, not_started, model)
     return summary.counts.failed + not_started
 
 
 def _complete_best(parent: SweepParent, run_id: str | None,
-                   parts: dict[str, bool] | None) -> None:
+                   parts: dict[str, bool] | None) -> str | None:
     """Give a lean sweep's best job what a single run records: its model and its plots
-    (``make log-model`` / ``make plots`` do it for any other job). A failure is a warning:
-    the sweep's results stand without them."""
+    (``make log-model`` / ``make plots`` do it for any other job); return its model's URI.
+    A failure is a warning: the sweep's results stand without them."""
     if run_id is None or not parts or not any(parts.values()) or parent.store is None:
-        return
+        return None
     from pipeline.complete import complete_run
 
     try:
-        complete_run(run_id, uri=parent.store.uri, model=parts["model"], plots=parts["plots"])
+        done = complete_run(run_id, uri=parent.store.uri, model=parts["model"],
+                            plots=parts["plots"])
     except Exception as error:  # the store, a CSV gone since: the sweep's results stand
         log.warning("the best run %s is kept without its model and plots: %s; "
                     "make log-model RUN_ID=%s and make plots RUN_ID=%s add them", run_id,
                     error, run_id, run_id)
+        return None
+    return done.model_uri
 
 
 def _count_not_started(sweep_dir: Path | None, started: str) -> int:
@@ -566,9 +570,10 @@ def _count_not_started(sweep_dir: Path | None, started: str) -> int:
     return count
 
 
-def _print_leaderboard(parent: SweepParent, summary: Any, not_started: int) -> None:
-    """The sweep's outcome: counts, the top configurations, and links to the parent and to
-    the comparison of its children."""
+def _print_leaderboard(parent: SweepParent, summary: Any, not_started: int,
+                       model: str | None = None) -> None:
+    """The sweep's outcome: counts, the top configurations, and links to the parent, the
+    best run (and its ``model``) and the comparison of its children."""
     counts = summary.counts
     line = (f"Sweep {parent.run_id} {parent.status}: {counts.children} run(s), "
             f"{counts.failed} failed, {counts.killed} killed")
@@ -585,6 +590,16 @@ def _print_leaderboard(parent: SweepParent, summary: Any, not_started: int) -> N
         print(board.to_string(), flush=True)
     if parent.url:
         print(f"Parent:  {parent.url}")
+    best = parent.url_of(summary.best_run_id)
+    if best:
+        print(f"Best:    {best}")
+        if model and parent.store is not None:
+            from pipeline.paths import DEFAULT_STORE
+
+            # `make serve` reads the project's store unless told another (STORE=).
+            other = parent.store.uri != f"sqlite:///{DEFAULT_STORE}"
+            store = f" STORE={parent.store.uri}" if other else ""
+            print(f"  model: {model}  serve it: make serve RUN_ID={summary.best_run_id}{store}")
     link = parent.compare_url(summary.ranked_run_ids)
     if link:
         shown = min(len(summary.ranked_run_ids), 50)

@@ -240,7 +240,7 @@ def test_an_unwritable_template_folder_only_loses_the_shortcut(tmp_path, monkeyp
 
 
 # -- a lean sweep end to end ----------------------------------------------------------------
-def _sweep(tmp_path: Path, *args: str) -> tuple[MlflowClient, object, list]:
+def _sweep(tmp_path: Path, *args: str) -> tuple[MlflowClient, object, list, str]:
     import os
     import subprocess
     import sys
@@ -259,7 +259,7 @@ def _sweep(tmp_path: Path, *args: str) -> tuple[MlflowClient, object, list]:
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("sweep") == "parent")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    return client, parent, children
+    return client, parent, children, done.stdout
 
 
 def _artifacts(client: MlflowClient, run_id: str, folder: str | None = None) -> set[str]:
@@ -273,12 +273,15 @@ def _models(client: MlflowClient, run_id: str, experiment_id: str) -> list:
 
 @pytest.mark.slow
 def test_a_lean_sweep_records_every_job_and_completes_only_the_best(tmp_path) -> None:
-    client, parent, children = _sweep(tmp_path, "seed=1,2,3", "optimizer.lr=0.01,0.1",
-                                      "train.epochs=300")
+    client, parent, children, out = _sweep(tmp_path, "seed=1,2,3", "optimizer.lr=0.01,0.1",
+                                           "train.epochs=300")
     assert parent.info.status == "FINISHED" and len(children) == 6
     best = parent.data.tags["best_run_id"]
-    assert "time_summary_s" in parent.data.metrics
+    # The sweep ends pointing at its best run and the command that serves its model.
     experiment = parent.info.experiment_id
+    assert f"Best:    http://127.0.0.1:5000/#/experiments/{experiment}/runs/{best}" in out
+    assert f"serve it: make serve RUN_ID={best} STORE=sqlite:///" in out
+    assert "time_summary_s" in parent.data.metrics
     for child in children:
         run_id, tags = child.info.run_id, child.data.tags
         assert child.info.status == "FINISHED"
@@ -311,8 +314,8 @@ def test_a_lean_sweep_records_every_job_and_completes_only_the_best(tmp_path) ->
 
 @pytest.mark.slow
 def test_child_record_full_records_every_job_as_a_single_run(tmp_path) -> None:
-    client, parent, children = _sweep(tmp_path, "seed=1,2", "train.epochs=300",
-                                      "sweep.child_record=full")
+    client, parent, children, _ = _sweep(tmp_path, "seed=1,2", "train.epochs=300",
+                                         "sweep.child_record=full")
     assert parent.info.status == "FINISHED" and len(children) == 2
     for child in children:
         run_id, tags = child.info.run_id, child.data.tags

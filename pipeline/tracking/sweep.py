@@ -265,9 +265,13 @@ class SweepParent:
 
     @property
     def url(self) -> str | None:
-        if self.store is None or self.run_id is None or self.experiment_id is None:
+        return self.url_of(self.run_id)
+
+    def url_of(self, run_id: str | None) -> str | None:
+        """The UI page of run ``run_id`` of this sweep's experiment (None offline)."""
+        if self.store is None or run_id is None or self.experiment_id is None:
             return None
-        return run_url(self.store.uri, self.experiment_id, self.run_id)
+        return run_url(self.store.uri, self.experiment_id, run_id)
 
     def compare_url(self, run_ids: list[str]) -> str | None:
         """The UI's comparison of the first :data:`COMPARE_AT_MOST` of ``run_ids``."""
