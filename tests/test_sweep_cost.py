@@ -212,7 +212,7 @@ def test_the_first_new_store_keeps_its_schema_and_the_next_copies_it(tmp_path, t
     assert copied_in < 30  # the copy worked at all (speed is the benchmark's business)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "not empty", "truncated"])
+@pytest.mark.parametrize("damage", ["garbage", "not empty", "truncated", "another schema"])
 def test_a_damaged_template_is_replaced_not_copied(tmp_path, template, damage) -> None:
     open_store(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
     if damage == "garbage":
@@ -220,6 +220,9 @@ def test_a_damaged_template_is_replaced_not_copied(tmp_path, template, damage) -
     elif damage == "not empty":
         with sqlite3.connect(template) as con:
             con.execute("INSERT INTO experiments (name, lifecycle_stage) VALUES ('x', 'active')")
+    elif damage == "another schema":  # a newer MLflow's, say: this one cannot open it
+        with sqlite3.connect(template) as con:
+            con.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
     else:
         data = template.read_bytes()
         template.write_bytes(data[: len(data) // 3])

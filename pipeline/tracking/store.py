@@ -217,8 +217,11 @@ def _migrate_new(path: Path) -> None:
 
 
 def _copy_template(template: Path, target: Path) -> bool:
-    """Copy ``template`` to ``target`` if it is an intact, empty, migrated store; a template
-    that is not (cut short, or written by something else) is removed."""
+    """Copy ``template`` to ``target`` if it is an intact, empty store migrated to this
+    MLflow's schema; a template that is not (cut short, or written by something else) is
+    removed."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
     if not template.is_file():
         return False
     try:
@@ -228,7 +231,7 @@ def _copy_template(template: Path, target: Path) -> bool:
             versions = con.execute("SELECT version_num FROM alembic_version").fetchall()
             empty = not con.execute("SELECT 1 FROM experiments UNION ALL "
                                     "SELECT 1 FROM runs LIMIT 1").fetchall()
-        if intact and len(versions) == 1 and empty:
+        if intact and empty and versions == [(_get_latest_schema_revision(),)]:
             return True
     except (OSError, sqlite3.Error):
         pass
