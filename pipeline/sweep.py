@@ -37,6 +37,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pipeline.sweep")
 
+# conf/hydra/launcher/joblib.yaml replaces the joblib plugin's config of the same name on
+# purpose, and Hydra checks it against that config's fields: only its warning goes.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/joblib' is validated against "
+                        "ConfigStore schema", category=UserWarning)
+
 PARENT_ENV = "PIPELINE_SWEEP_PARENT_RUN_ID"
 JOURNAL_ENV = "PIPELINE_SWEEP_PARENT_JOURNAL_ID"
 THREADS_ENV = "PIPELINE_DEFAULT_THREADS"
@@ -60,6 +66,7 @@ LAUNCHER_PID_ENV = "PIPELINE_SWEEP_LAUNCHER_PID"
 STARTED_ENV = "PIPELINE_SWEEP_STARTED_MS"  # when this sweep (or this resume of it) began
 NOT_STARTED = "not_started.txt"  # in a job's folder: sweep.max_failures stopped it
 STOP_GRACE_S = 10.0  # how long stopping jobs may take to end their runs
+COMPLETE_BEST_TIMEOUT_S = 600.0  # how long the best job's model and plots may take
 
 _open: SweepParent | None = None
 
@@ -99,7 +106,7 @@ class SweepCallback(Callback):
             print(error, file=sys.stderr)
             raise SystemExit(1) from None
         # Parallel workers import MLflow (~2 s) while this process creates the parent run.
-        workers = _start_joblib_workers(config)
+        _start_joblib_workers(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         overrides = list(config.hydra.overrides.task)
         name = "sweep " + (" ".join(overrides) if overrides else sweep_dir.name)
@@ -145,10 +152,8 @@ class SweepCallback(Callback):
         _stop_on_signals()
         _check_jobs_cheaply()
         compose_by_shape()
-        if workers is not None:
-            workers.join(timeout=120)  # a head start only: never hold the sweep for long
-        # The summary's imports (matplotlib: ~0.5 s) happen while the jobs run.
-        threading.Thread(target=_import_summary, name="import-summary", daemon=True).start()
+        if not _waits_for_workers(config):
+            wait_for_workers()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         _check_jobs_cheaply(False)
@@ -450,13 +455,18 @@ def joblib_settings(config: DictConfig) -> dict[str, Any] | None:
     return settings
 
 
-def _start_joblib_workers(config: DictConfig) -> threading.Thread | None:
+_warming: threading.Thread | None = None  # starting the joblib workers (see below)
+_importing: threading.Thread | None = None  # importing what the summary needs
+
+
+def _start_joblib_workers(config: DictConfig) -> None:
     """With the joblib launcher, start its worker processes now and have each import
     what a job needs; return the thread doing it (None for other launchers).
 
     The launcher's own ``Parallel`` call later finds joblib's reusable executor with
     the same settings and reuses these warm workers instead of starting cold ones.
     """
+    global _warming
     settings = joblib_settings(config)
     if settings is None:
         return None
@@ -475,9 +485,31 @@ def _start_joblib_workers(config: DictConfig) -> threading.Thread | None:
         except Exception as error:  # only a head start: the sweep works without it
             log.debug("warming up the joblib workers failed: %s", error)
 
-    thread = threading.Thread(target=warm, name="warm-joblib-workers", daemon=True)
-    thread.start()
-    return thread
+    _warming = threading.Thread(target=warm, name="warm-joblib-workers", daemon=True)
+    _warming.start()
+
+
+def wait_for_workers() -> None:
+    """Let the joblib workers started by :func:`_start_joblib_workers` finish starting
+    (a head start only: never hold the sweep for long), then import what the summary
+    needs while the jobs run, instead of beside the workers' own imports."""
+    global _warming, _importing
+    if _warming is not None:
+        _warming.join(timeout=120)
+        _warming = None
+    if _importing is None:
+        _importing = threading.Thread(target=_import_summary, name="import-summary",
+                                      daemon=True)
+        _importing.start()
+
+
+def _waits_for_workers(config: DictConfig) -> bool:
+    """Whether the sweep's launcher calls :func:`wait_for_workers` itself right before it
+    hands out jobs (this project's joblib launcher), so that the sweeper's checks run
+    while the workers start."""
+    launcher = config.hydra.get("launcher")
+    return isinstance(launcher, DictConfig) and "pipeline_joblib_launcher" in str(
+        launcher.get("_target_", ""))
 
 
 def _import_job_modules(launcher: int, plots: bool = True) -> int:
@@ -507,7 +539,11 @@ def _import_job_modules(launcher: int, plots: bool = True) -> int:
 
 def _import_summary() -> None:
     try:
+        import scipy.stats  # noqa: F401  (the seed groups' intervals)
+
+        import pipeline.complete
         import pipeline.plots
+        import pipeline.tracking.model
         import pipeline.tracking.summary  # noqa: F401
     except Exception:  # the summary will import (and report) it again
         pass
@@ -525,37 +561,66 @@ def finish_open_sweep(*, aborted: bool = False, interrupted: bool = False) -> in
         return 0
     not_started = _count_not_started(_open_settings.get("sweep_dir"),
                                      _open_settings.get("started", ""))
+    parts = _open_settings.get("complete_best")
+    best = _BestCompletion(parent.store.uri, parts) if (
+        parent.store is not None and parts and any(parts.values()) and not interrupted) else None
     summary = parent.finish(aborted=aborted, interrupted=interrupted, not_started=not_started,
-                            max_failures=_open_settings.get("max_failures"))
+                            max_failures=_open_settings.get("max_failures"),
+                            on_best=best.start if best is not None else None)
     if summary is None:
         if parent.run_id:
             log.info("sweep parent run %s %s", parent.run_id, parent.status)
         return -1 if parent.run_id else 0
-    model = None
-    if not interrupted:
-        model = _complete_best(parent, summary.best_run_id, _open_settings.get("complete_best"))
+    model = best.result() if best is not None else None
     _print_leaderboard(parent, summary, not_started, model)
     return summary.counts.failed + not_started
 
 
-def _complete_best(parent: SweepParent, run_id: str | None,
-                   parts: dict[str, bool] | None) -> str | None:
-    """Give a lean sweep's best job what a single run records: its model and its plots
-    (``make log-model`` / ``make plots`` do it for any other job); return its model's URI.
-    A failure is a warning: the sweep's results stand without them."""
-    if run_id is None or not parts or not any(parts.values()) or parent.store is None:
-        return None
-    from pipeline.complete import complete_run
+class _BestCompletion:
+    """Gives a lean sweep's best job what a single run records: its model and its plots
+    (``make log-model`` / ``make plots`` do it for any other job).
 
-    try:
-        done = complete_run(run_id, uri=parent.store.uri, model=parts["model"],
-                            plots=parts["plots"])
-    except Exception as error:  # the store, a CSV gone since: the sweep's results stand
-        log.warning("the best run %s is kept without its model and plots: %s; "
-                    "make log-model RUN_ID=%s and make plots RUN_ID=%s add them", run_id,
-                    error, run_id, run_id)
-        return None
-    return done.model_uri
+    :meth:`start` runs as soon as the summary knows the best job: with the joblib
+    launcher, one of its warm workers completes the job while this process writes the rest
+    of the summary; otherwise :meth:`result` completes it here. A failure is a warning: the
+    sweep's results stand without them.
+    """
+
+    def __init__(self, uri: str, parts: dict[str, bool]) -> None:
+        self.uri, self.model, self.plots = uri, parts["model"], parts["plots"]
+        self.run_id: str | None = None
+        self.future: Any = None
+
+    def start(self, run_id: str) -> None:
+        from pipeline.complete import complete_run
+
+        self.run_id = run_id
+        executor = _joblib_executor()
+        if executor is None or not getattr(executor, "_processes", None):
+            return
+        try:
+            self.future = executor.submit(complete_run, run_id, uri=self.uri,
+                                          model=self.model, plots=self.plots)
+        except Exception as error:  # a pool shut down or broken: complete it here
+            log.debug("completing the best run in a worker failed to start: %s", error)
+
+    def result(self) -> str | None:
+        """The best run's model URI once it is complete (None without one)."""
+        if self.run_id is None:
+            return None
+        from pipeline.complete import complete_run
+
+        try:
+            done = (self.future.result(timeout=COMPLETE_BEST_TIMEOUT_S)
+                    if self.future is not None else
+                    complete_run(self.run_id, uri=self.uri, model=self.model,
+                                 plots=self.plots))
+        except Exception as error:  # the store, a CSV gone since: the sweep's results stand
+            log.warning("the best run %s is kept without its model and plots: %s; "
+                        "make log-model RUN_ID=%s and make plots RUN_ID=%s add them",
+                        self.run_id, error, self.run_id, self.run_id)
+            return None
+        return done.model_uri
 
 
 def _count_not_started(sweep_dir: Path | None, started: str) -> int:

@@ -154,8 +154,9 @@ def test_joblib_workers_are_warm_before_the_first_job() -> None:
     from joblib import Parallel, delayed
     from joblib.externals.loky import get_reusable_executor
 
+    from pipeline import sweep as sweep_module
     from pipeline.paths import CONF_DIR
-    from pipeline.sweep import _start_joblib_workers, joblib_settings
+    from pipeline.sweep import _start_joblib_workers, joblib_settings, wait_for_workers
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
@@ -163,13 +164,15 @@ def test_joblib_workers_are_warm_before_the_first_job() -> None:
                          overrides=["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
         basic = compose(config_name="config", return_hydra_config=True)
     GlobalHydra.instance().clear()
-    assert joblib_settings(basic) is None and _start_joblib_workers(basic) is None
+    _start_joblib_workers(basic)
+    assert joblib_settings(basic) is None and sweep_module._warming is None
     settings = joblib_settings(config)
     assert settings is not None and settings["backend"] == "loky" and settings["n_jobs"] == 2
     try:
-        thread = _start_joblib_workers(config)
-        assert thread is not None
-        thread.join(timeout=120)
+        _start_joblib_workers(config)
+        assert sweep_module._warming is not None
+        wait_for_workers()
+        assert sweep_module._warming is None
         loaded = Parallel(**settings)(delayed(_store_module_loaded)() for _ in range(6))
         assert loaded == [True] * 6
     finally:

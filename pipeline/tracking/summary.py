@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,10 +351,12 @@ def _leaderboard(children: pd.DataFrame, groups: pd.DataFrame | None, settings: 
 
 
 def summarise(store: Store, experiment_id: str, parent_id: str, metric: str, direction: str,
-              *, plots: bool = True) -> Summary:
+              *, plots: bool = True, on_best: Callable[[str], None] | None = None
+              ) -> Summary:
     """Write the summary onto the parent run; return how its children ended and the
     leaderboard. Reads the children with one query (and the best few curves), whatever
-    their number; the parent's ``time_summary_s`` says how long it took."""
+    their number; the parent's ``time_summary_s`` says how long it took. ``on_best`` gets
+    the best child's run id as soon as it is known, before the tables and plots."""
     started = time.perf_counter()
     client = store.client
     table = children_table(store, experiment_id, parent_id)
@@ -414,6 +416,8 @@ def summarise(store: Store, experiment_id: str, parent_id: str, metric: str, dir
     if best is not None:
         tags.update({"best_run_id": best["run_id"], "best_run_name": str(best["run_name"]),
                      "best_by": best_by})
+        if on_best is not None:
+            on_best(str(best["run_id"]))
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)

@@ -17,7 +17,7 @@ import fcntl
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -280,12 +280,14 @@ class SweepParent:
         return compare_url(self.store.uri, [self.experiment_id], run_ids[:COMPARE_AT_MOST])
 
     def finish(self, *, aborted: bool = False, interrupted: bool = False,
-               not_started: int = 0, max_failures: int | None = None) -> Summary | None:
+               not_started: int = 0, max_failures: int | None = None,
+               on_best: Callable[[str], None] | None = None) -> Summary | None:
         """Summarise the children onto the parent and end it.
 
         Status: KILLED when ``interrupted``, FAILED when a job failed or ``aborted``, else
         FINISHED; ``not_started`` jobs were skipped once ``max_failures`` jobs had failed.
-        Returns the summary (None offline or when the store failed).
+        Returns the summary (None offline or when the store failed). ``on_best``: see
+        :func:`~pipeline.tracking.summary.summarise`.
         """
         if self._heartbeat is not None:
             self._heartbeat.stop()
@@ -294,7 +296,7 @@ class SweepParent:
         if self.store is not None and self.run_id is not None and self.experiment_id:
             try:
                 summary = summarise(self.store, self.experiment_id, self.run_id, self.metric,
-                                    self.direction, plots=not interrupted)
+                                    self.direction, plots=not interrupted, on_best=on_best)
             except StoreError as problem:
                 error = f"summary failed: {problem}; {sync_command(self.journal.path)} writes it"
                 log.warning("%s", error)

@@ -1,0 +1,4 @@
+"""Hydra plugin: ``hydra/launcher=joblib`` for this pipeline (see :mod:`pipeline.launcher`).
+
+Hydra instantiates launchers only from the ``hydra_plugins`` namespace package.
+"""
