@@ -105,7 +105,7 @@ class SweepCallback(Callback):
         except PipelineError as error:
             print(error, file=sys.stderr)
             raise SystemExit(1) from None
-        # Parallel workers import MLflow (~2 s) while this process creates the parent run.
+        # Parallel workers import MLflow while this process creates the parent run.
         _start_joblib_workers(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         overrides = list(config.hydra.overrides.task)

@@ -151,10 +151,9 @@ class Workspace:
 
 def forward(net: Network, ws: Workspace) -> Array:
     """Fill ws.z and ws.a for the samples in ws.inputs; return the logits Z_L: (k, n)."""
-    # np.matmul rather than np.dot: the same bits (one BLAS gemm), but with NumPy 2.4's OpenBLAS
-    # np.dot runs large shapes much slower (with two threads 1.5x for a (64, 33) @ (33, 20000)
-    # product, 2.1x for a long (65, 20000) @ (20000, 32) weight gradient); on RustNet's tiny
-    # shapes the two are within 0.6 µs of each other, either way.
+    # np.matmul rather than np.dot: the same bits (one BLAS gemm), but with NumPy's OpenBLAS
+    # np.dot runs large shapes (many samples, long weight gradients) much slower on several
+    # threads; on RustNet's tiny shapes the two cost the same.
     a = ws.inputs
     for block_t, z, activation, a_units, a_next in zip(net.blocks_t, ws.z, net.activations,
                                                         ws.a_units, ws.a, strict=False):
@@ -178,7 +177,7 @@ def backward(net: Network, grad_blocks: Sequence[Array], ws: Workspace) -> None:
         w = net.weights[layer]  # (units below, units here)
         below = ws.delta[layer - 1]
         if w.shape[1] == 1:
-            # dA = W dZ is an outer product here; a broadcast multiply is ~2x faster than a
+            # dA = W dZ is an outer product here; a broadcast multiply is faster than a
             # matmul with an inner dimension of 1.
             np.multiply(w, delta, out=below)
         else:

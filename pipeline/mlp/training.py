@@ -441,8 +441,9 @@ class Loop:
     def _run_epochs(self) -> History:
         settings, state, params = self.settings, self.state, self.params
         history = History(metrics={name: [] for name in self._metric_names()})
-        # Bound methods and columns looked up once: on a small network an epoch is ~30 NumPy
-        # calls of 1-3 µs each, so per-epoch Python bookkeeping is a visible share of it.
+        # Bound methods and columns looked up once: on a small network an epoch is a few
+        # dozen NumPy calls of microseconds each, so per-epoch Python bookkeeping is a visible
+        # share of it.
         take_snapshot, train_epoch, val = self.snapshot.take, self.train_epoch, self.val
         appends = [history.metrics[name].append for name in self._metric_names()]
         append_epoch, on_epoch_end = history.epochs.append, state.optimizer.on_epoch_end
