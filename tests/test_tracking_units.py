@@ -563,3 +563,38 @@ def test_shipper_thins_keeps_last_and_best_and_is_idempotent(tmp_path: Path, rea
     Shipper(ready, run_id, exp, path).apply(read_journal(path).records)
 
     assert snapshot(ready, run_id) == first
+
+
+class _InterruptedMetrics(dict):
+    """Metrics whose values raise KeyboardInterrupt when read: Ctrl-C or SIGTERM arriving
+    while the recorder records an epoch."""
+
+    def values(self):  # type: ignore[override]
+        raise KeyboardInterrupt
+
+
+def test_an_interrupt_while_an_epoch_is_recorded_leaves_whole_rows(tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM in the middle of ``log_epoch`` drops that epoch whole: the run
+    still ends KILLED with every earlier epoch in the store and a journal that reads back."""
+    from mlflow import MlflowClient
+
+    from pipeline.tracking.journal import read_journal
+    from pipeline.tracking.recorder import start_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recorder = start_run(uri=uri, experiment="e", run_name="r", output_dir=tmp_path, tags={},
+                         parent_run_id=None, parent_journal_id=None, offline=False,
+                         max_points=None, log_model=False)
+    for epoch in (1, 2):
+        recorder.log_epoch(epoch, {"train_loss": 1.0 / epoch, "train_accuracy": 0.5})
+    with pytest.raises(KeyboardInterrupt):
+        recorder.log_epoch(3, _InterruptedMetrics(train_loss=0.1, train_accuracy=0.9))
+    recorder.kill("interrupted", None)
+
+    run = MlflowClient(uri).get_run(str(recorder.run_id))
+    assert run.info.status == "KILLED"
+    history = MlflowClient(uri).get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == [1, 2]
+    journal = read_journal(recorder.journal_path)
+    assert journal.ended is not None and journal.ended["status"] == "KILLED"
+    assert journal.epochs()[1][:, 0].tolist() == [1.0, 2.0]

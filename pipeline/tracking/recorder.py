@@ -135,8 +135,7 @@ class Recorder:
         # names in _keys (no Python object per epoch: nothing for the GC to walk).
         self._epoch_lock = threading.Lock()
         self._keys: list[str] = []
-        self._buffer: array[float] = array("d")
-        self._buffered = 0
+        self._buffer: array[float] = array("d")  # whole rows: step, time, one per key
         self._filled: list[dict[str, Any]] = []  # records closed when the names changed
         self._order = threading.Lock()  # journal order = the order records were made
         self._shipping = threading.Lock()  # one batch in flight at a time
@@ -193,17 +192,19 @@ class Recorder:
         with self._epoch_lock:
             if len(metrics) != len(self._keys) or list(metrics) != self._keys:
                 self._start_keys(list(metrics))
-            buffer = self._buffer
-            buffer.append(step)
-            buffer.append(time.time() * 1000.0)
-            buffer.extend(metrics.values())
-            self._buffered += 1
+            # One call adds the whole row: Ctrl-C or SIGTERM, whose handler runs between
+            # Python steps, never leaves half a row behind for the run's end to record.
+            self._buffer.extend((step, time.time() * 1000.0, *metrics.values()))
 
     def _start_keys(self, keys: list[str]) -> None:
         """New metric names: close the rows so far into a record (caller holds the lock)."""
-        if self._buffered:
-            self._filled.append(epochs_record(self._keys, self._buffer, self._buffered))
-        self._keys, self._buffer, self._buffered = keys, array("d"), 0
+        if self._buffer:
+            self._filled.append(epochs_record(self._keys, self._buffer, self._rows()))
+        self._keys, self._buffer = keys, array("d")
+
+    def _rows(self) -> int:
+        """How many epochs the buffer holds."""
+        return len(self._buffer) // (len(self._keys) + 2)
 
     def record(self, outcome: names.RunOutcome) -> None:
         """Journal the outcome's results and start sending them (its files wait for
@@ -235,6 +236,10 @@ class Recorder:
             self.end(status, error, names.partial_records(checkpoints), interrupted=interrupted)
         except StoreError as problem:
             log.warning("%s", problem)
+        except Exception as problem:  # never let it replace the Ctrl-C or error that ends the run
+            log.warning("tracking: ending the run %s failed (%s: %s); its journal %s keeps what "
+                        "was recorded", status, type(problem).__name__, problem,
+                        self.journal.path)
 
     def add(self, records: Sequence[dict[str, Any]]) -> None:
         """Journal ``records`` now (after the epochs logged so far) and queue them for the
@@ -251,9 +256,9 @@ class Recorder:
         holds _order)."""
         with self._epoch_lock:
             records, self._filled = self._filled, []
-            if self._buffered:
-                records.append(epochs_record(self._keys, self._buffer, self._buffered))
-                self._buffer, self._buffered = array("d"), 0
+            if self._buffer:
+                records.append(epochs_record(self._keys, self._buffer, self._rows()))
+                self._buffer = array("d")
         if records:
             self._unshipped.extend(records)
             self.journal.append_many(records)
