@@ -162,20 +162,20 @@ def _text(target: StoredRun, path: str, folder: Path, why: str) -> str:
     return downloaded.read_text()
 
 
-def _history(target: StoredRun, folder: Path) -> dict[str, list[float]]:
+def _history(target: StoredRun) -> dict[str, list[float]]:
     """``history.csv`` as ``plots.plot_training_curves`` wants it: metric -> one value per
     epoch, in epoch order (what ``History.metrics`` holds)."""
-    text = _text(target, HISTORY, folder, "its training curves cannot be drawn")
+    from pipeline.tracking.runs import HistoryError, Runs, read_history
+
+    why = "its training curves cannot be drawn"
     try:
-        frame = pd.read_csv(io.StringIO(text))
-    except (ValueError, pd.errors.ParserError) as error:
-        raise PipelineError(f"run {target.run_id}: its {HISTORY} cannot be read: "
-                            f"{_first_line(error)}") from None
-    if frame.columns.empty or frame.columns[0] != "epoch" or frame.empty:
-        raise PipelineError(f"run {target.run_id}: its {HISTORY} has no epoch rows; its "
-                            "training curves cannot be drawn")
+        frame = read_history(Runs(target.uri, store=target.store), target.run_id)
+    except HistoryError as error:
+        raise PipelineError(f"run {target.run_id}: its {HISTORY} {error}; {why}") from None
+    if frame is None:
+        raise PipelineError(f"run {target.run_id} has no {HISTORY} artifact; {why}")
     frame = frame.sort_values("epoch", kind="stable")
-    return {str(key): frame[key].astype(float).tolist() for key in frame.columns[1:]}
+    return {str(key): frame[key].tolist() for key in frame.columns[1:]}
 
 
 def _recorded_probabilities(target: StoredRun, folder: Path) -> np.ndarray:
@@ -218,7 +218,7 @@ def _redraw(target: StoredRun, folder: Path, out: Path) -> None:
     except PipelineError as error:
         raise PipelineError(f"run {run_id}: its stored {CONFIG} is not a valid config here "
                             f"({error})") from None
-    history = _history(target, folder)
+    history = _history(target)
     recorded = _recorded_probabilities(target, folder)
 
     seeds = run_seeds(config)

@@ -79,10 +79,17 @@ def _names(section: list[str]) -> list[str]:
 
 # -- no store needed ---------------------------------------------------------------------
 def test_history_csv_is_read_back_exactly_and_divergence_found() -> None:
-    from pipeline.tracking.compare import diverge, parse_history_csv
+    from pipeline.tracking.compare import as_history, diverge
+    from pipeline.tracking.runs import read_history
 
-    a = parse_history_csv("epoch,train_loss,val_loss\n1,0.1,0.5\n2,0.30000000000000004,"
-                          "nan\n3,0.2,0.4\n")
+    class OneHistory:  # what read_history reads: a run's artifact as text
+        def read_text(self, run_id: str, path: str) -> str | None:
+            return ("epoch,train_loss,val_loss\n1,0.1,0.5\n2,0.30000000000000004,nan\n"
+                    "3,0.2,0.4\n") if path == "history.csv" else None
+
+    frame = read_history(OneHistory(), "run")  # type: ignore[arg-type]
+    assert frame is not None
+    a = as_history(frame)
     assert a["train_loss"] == {1: 0.1, 2: 0.30000000000000004, 3: 0.2}
     b = {"train_loss": {1: 0.1, 2: 0.3, 3: 0.2}, "val_loss": {1: 0.5, 2: float("nan")}}
     found = {d.metric: d for d in diverge(a, b)}

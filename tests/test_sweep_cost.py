@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipeline import sweep as sweep_module
+from pipeline import composition
 from pipeline.paths import CONF_DIR
 from pipeline.runner import LEAN_MAX_POINTS, record_plan
 from pipeline.schema import validate
@@ -65,7 +65,7 @@ def loader_and_master():
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
     master = loader.load_configuration("config", [], RunMode.MULTIRUN)
     yield loader, master
-    sweep_module._check_jobs_cheaply(False)
+    composition.check_jobs_cheaply(False)
 
 
 def _count_compositions(monkeypatch) -> list[list[str]]:
@@ -92,7 +92,7 @@ def test_jobs_differing_in_plain_settings_are_composed_once(monkeypatch,
     calls = _count_compositions(monkeypatch)
     batch = _jobs([f"seed={s}" for s in range(20)], ["optimizer.lr=0.1", "optimizer.lr=0.01"],
                   ["model.hidden_sizes=[8]", "model.hidden_sizes=[16,8]"])
-    assert sweep_module.check_batch(loader, master, batch) == 1
+    assert composition.check_batch(loader, master, batch) == 1
     assert len(calls) == 1
 
 
@@ -100,7 +100,7 @@ def test_each_config_group_choice_is_composed(monkeypatch, loader_and_master) ->
     loader, master = loader_and_master
     calls = _count_compositions(monkeypatch)
     batch = _jobs(["optimizer=sgd", "optimizer=adam"], [f"seed={s}" for s in range(5)])
-    assert sweep_module.check_batch(loader, master, batch) == 2
+    assert composition.check_batch(loader, master, batch) == 2
     assert len(calls) == 2
 
 
@@ -125,7 +125,7 @@ def test_a_bad_job_anywhere_in_the_batch_fails_as_composing_it_would(
     batch = [["seed=1", "train.epochs=5"] for _ in range(4)]
     key = bad.lstrip("+~").split("=")[0]
     batch[2] = [o for o in batch[2] if not o.startswith(f"{key}=")] + [bad]
-    cheap = _outcome(lambda: sweep_module.check_batch(loader, master, batch))
+    cheap = _outcome(lambda: composition.check_batch(loader, master, batch))
     full = _outcome(lambda: loader.load_sweep_config(master, batch[2]))
     assert cheap == full
     assert (cheap != "composes") == raises
@@ -144,7 +144,7 @@ def test_a_job_composed_from_its_shape_equals_hydras_own_composition(
         loader_and_master, batch) -> None:
     loader, master = loader_and_master
     full = [OmegaConf.to_yaml(loader.load_sweep_config(master, job)) for job in batch]
-    sweep_module.compose_by_shape()
+    composition.compose_by_shape()
     try:
         for _ in range(2):  # the first of each shape composed, the rest copied, then all copied
             fast = [loader.load_sweep_config(master, job) for job in batch]
@@ -153,29 +153,29 @@ def test_a_job_composed_from_its_shape_equals_hydras_own_composition(
             fast = [OmegaConf.to_yaml(loader.load_sweep_config(master, job)) for job in batch]
             assert fast == full
     finally:
-        sweep_module.compose_by_shape(False)
+        composition.compose_by_shape(False)
 
 
 def test_composing_by_shape_skips_hydras_composition(monkeypatch, loader_and_master) -> None:
     loader, master = loader_and_master
-    sweep_module.compose_by_shape()
+    composition.compose_by_shape()
     try:
         calls = _count_compositions(monkeypatch)
         for seed in range(10):
             assert loader.load_sweep_config(master, [f"seed={seed}"]).seed == seed
         assert len(calls) == 1
     finally:
-        sweep_module.compose_by_shape(False)
+        composition.compose_by_shape(False)
 
 
 def test_the_check_is_on_only_during_a_sweep(monkeypatch, loader_and_master) -> None:
     from hydra.plugins.sweeper import Sweeper
 
     original = Sweeper.validate_batch_is_legal
-    sweep_module._check_jobs_cheaply()
-    sweep_module._check_jobs_cheaply()  # twice on: still one wrapper
+    composition.check_jobs_cheaply()
+    composition.check_jobs_cheaply()  # twice on: still one wrapper
     assert Sweeper.validate_batch_is_legal is not original
-    sweep_module._check_jobs_cheaply(False)
+    composition.check_jobs_cheaply(False)
     assert Sweeper.validate_batch_is_legal is original
 
 

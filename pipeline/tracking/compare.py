@@ -8,18 +8,26 @@ store may hold thinned points) to find where each metric's history diverges.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.environment import canonical_name
 from pipeline.errors import PipelineError
 from pipeline.tracking import record as names
-from pipeline.tracking.runs import Runs, RunView, compare_url, run_url
+from pipeline.tracking.runs import (
+    HistoryError,
+    Runs,
+    RunView,
+    compare_url,
+    read_history,
+    run_url,
+)
 from pipeline.tracking.store import sqlite_path, store_uri
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ENVIRONMENT = ("python_version", "platform", "blas", "blas_threads", names.THREADS_TAG)
 DIGESTS = ("config_digest", *names.DIGEST_TAGS)
@@ -155,24 +163,11 @@ def _packages(runs: Runs, run_ids: Sequence[str]) -> list[dict[str, str] | None]
     return [read[run_id] for run_id in run_ids]
 
 
-def parse_history_csv(text: str) -> History:
-    """``history.csv`` (``epoch`` then one column per metric) as metric -> epoch -> value.
-
-    Parsed with ``float()``, which reads back exactly the float64 values written.
-    """
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if not header or header[0] != "epoch":
-        return {}
-    history: History = {key: {} for key in header[1:]}
-    for row in reader:
-        if not row:
-            continue
-        epoch = int(float(row[0]))
-        for key, cell in zip(header[1:], row[1:], strict=False):
-            if cell != "":
-                history[key][epoch] = float(cell)
-    return history
+def as_history(frame: pd.DataFrame) -> History:
+    """:func:`~pipeline.tracking.runs.read_history`'s frame as metric -> epoch -> value."""
+    epochs = frame["epoch"].tolist()
+    return {str(key): dict(zip(epochs, frame[key].tolist(), strict=True))
+            for key in frame.columns[1:]}
 
 
 def _history(runs: Runs, run: RunView) -> tuple[History, str]:
@@ -180,11 +175,13 @@ def _history(runs: Runs, run: RunView) -> tuple[History, str]:
     from the store (which may hold thinned points)."""
     from pipeline.tracking.shipper import HISTORY_ARTIFACT  # numpy and more: only for two
 
-    text = runs.read_text(run.run_id, HISTORY_ARTIFACT)
-    if text is not None:
-        parsed = parse_history_csv(text)
-        if parsed:
-            return parsed, HISTORY_ARTIFACT
+    try:
+        frame = read_history(runs, run.run_id)
+    except HistoryError:
+        frame = None
+    history = as_history(frame) if frame is not None else {}
+    if history:
+        return history, HISTORY_ARTIFACT
     keys = sorted(k for k in run.metrics if not k.startswith(TIME_METRIC_PREFIX))
     logged = runs.histories(run.run_id, keys)
     # Per-epoch metrics have steps from 1; the test metrics are logged once, at step 0.

@@ -9,12 +9,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pipeline.errors import PipelineError
 from pipeline.tracking import record as names
 from pipeline.tracking.store import Store, end_run, open_store
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("pipeline.tracking")
 
@@ -68,8 +71,8 @@ def compare_url(store_uri: str, experiment_ids: list[str], run_ids: list[str]) -
 class Runs:
     """Reads from one store (the project's by default)."""
 
-    def __init__(self, uri: str | None) -> None:
-        self.store: Store = open_store(uri)
+    def __init__(self, uri: str | None = None, *, store: Store | None = None) -> None:
+        self.store: Store = store if store is not None else open_store(uri)
 
     @property
     def uri(self) -> str:
@@ -100,24 +103,16 @@ class Runs:
             for key in keys}
 
     def epoch_history(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
-        """The run's ``history.csv`` as {metric: [(epoch, value), ...]} ({} if it has none)."""
-        import io
-
-        import pandas as pd
-
-        from pipeline.tracking.shipper import HISTORY_ARTIFACT
-
-        text = self.read_text(run_id, HISTORY_ARTIFACT)
-        if text is None:
-            return {}
+        """The run's ``history.csv`` as {metric: [(epoch, value), ...]} ({} if it has none
+        or it is unreadable)."""
         try:
-            frame = pd.read_csv(io.StringIO(text), float_precision="round_trip")
-        except ValueError:
+            frame = read_history(self, run_id)
+        except HistoryError:
             return {}
-        if frame.empty or frame.columns[0] != "epoch":
+        if frame is None:
             return {}
-        steps = frame["epoch"].astype(int).tolist()
-        return {str(key): list(zip(steps, frame[key].astype(float).tolist(), strict=True))
+        steps = frame["epoch"].tolist()
+        return {str(key): list(zip(steps, frame[key].tolist(), strict=True))
                 for key in frame.columns[1:]}
 
     def download(self, run_id: str, path: str, folder: Path) -> Path:
@@ -147,6 +142,40 @@ class Runs:
 
     def url(self, run: RunView) -> str:
         return run_url(self.uri, run.experiment_id, run.run_id)
+
+
+class HistoryError(ValueError):
+    """A run's ``history.csv`` that is not an epoch table; the message says why."""
+
+
+def read_history(runs: Runs, run_id: str) -> pd.DataFrame | None:
+    """Run ``run_id``'s ``history.csv``: an int64 ``epoch`` column then one float64 column per
+    metric, a row per epoch in the file's order; None if the run has none. Raises
+    :class:`HistoryError` if it does not parse, has no epoch rows or a cell is not a number."""
+    import io
+
+    import pandas as pd
+
+    from pipeline.tracking.shipper import HISTORY_ARTIFACT
+
+    text = runs.read_text(run_id, HISTORY_ARTIFACT)
+    if text is None:
+        return None
+    try:
+        frame = pd.read_csv(io.StringIO(text))  # pandas 3 reads every float64 back exactly
+    except ValueError as error:  # its ParserError and EmptyDataError among them
+        raise HistoryError(f"cannot be read: {_first_line(error)}") from None
+    if frame.empty or frame.columns[0] != "epoch":
+        raise HistoryError("has no epoch rows")
+    try:
+        return frame.astype({"epoch": "int64", **dict.fromkeys(frame.columns[1:], "float64")})
+    except ValueError as error:  # a cell that is not a number
+        raise HistoryError(f"cannot be read: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def newest_checkpoint(names_: list[str]) -> str | None:
