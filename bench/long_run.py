@@ -56,6 +56,7 @@ class LongRunResult:
 _TRAINING = """
 import json, os, statistics, sys, time
 from pathlib import Path
+from pipeline.mlp import TrainSettings
 from pipeline.tracking.recorder import start_run
 from pipeline.tracking.record import TrainingPlan
 from stages.generate import generate_rf
@@ -77,7 +78,8 @@ def once(tracked, index):
         callbacks = [recorder.log_epoch]
         size = db.stat().st_size
     start = time.perf_counter()
-    train_model(model, train, None, learning_rate=0.003, epochs=epochs, callbacks=callbacks)
+    train_model(model, train, None, TrainSettings(learning_rate=0.003, epochs=epochs),
+                callbacks=callbacks)
     seconds = time.perf_counter() - start
     if recorder is None:
         return seconds, 0.0, 0

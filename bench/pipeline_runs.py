@@ -145,6 +145,7 @@ def train_stage_seconds(folder: Path, repeats: int) -> tuple[float, float]:
     code = f"""
 import statistics, time
 from pathlib import Path
+from pipeline.mlp import TrainSettings
 from pipeline.tracking.recorder import start_run
 from pipeline.tracking.record import TrainingPlan
 from stages.generate import generate_rf
@@ -164,7 +165,8 @@ def once(tracked, index):
         recorder.training_started(TrainingPlan(1, 3000))
         callbacks = [recorder.log_epoch]
     start = time.perf_counter()
-    train_model(model, train, None, learning_rate=0.003, epochs=3000, callbacks=callbacks)
+    train_model(model, train, None, TrainSettings(learning_rate=0.003, epochs=3000),
+                callbacks=callbacks)
     seconds = time.perf_counter() - start
     if recorder is not None:
         recorder.end("FINISHED", None)

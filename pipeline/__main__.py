@@ -16,7 +16,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from pipeline import paths  # noqa: F401  (registers ${project_root:})
+from pipeline import (
+    paths,  # noqa: F401  (registers ${project_root:})
+    schema,  # noqa: F401  (gives Hydra the optimisers' options)
+)
 from pipeline.errors import ConfigError, PipelineError, Terminated
 from pipeline.sweep import (
     JOURNAL_ENV,

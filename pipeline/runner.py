@@ -40,7 +40,7 @@ from pipeline.errors import PipelineError, Terminated
 from pipeline.mlp import MLP, CheckpointError, TrainingDiverged
 from pipeline.paths import DEFAULT_CACHE, resolve_path
 from pipeline.progress import ProgressBar
-from pipeline.schema import Config
+from pipeline.schema import Config, training_settings
 from pipeline.seeds import resolve_seeds
 from pipeline.sweep import PARENT_ENV, in_sweep_worker
 from pipeline.tracking.record import (
@@ -101,6 +101,7 @@ def config_digest(config: Config) -> str:
     tree.pop("sweep", None)  # what a sweep reports and how it runs, not what a job computes
     tree["pipeline"].pop("cache", None)
     tree["pipeline"].pop("cache_dir", None)
+    tree["pipeline"].pop("plugins", None)  # where code comes from; the names it adds are settings
     # Display and bookkeeping only (a thread count can move the last bits; the run records it).
     for key in ("progress", "threads", "checkpoint_every"):
         tree["train"].pop(key, None)
@@ -272,10 +273,9 @@ def run_data_stages(
 
         def compute() -> Dataset:
             label = config.data.label_column
-            header = {"auto": "auto", "true": True, "false": False}[config.data.header]
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", DroppedRowsWarning)
-                loaded = load_csv(path, label_column=label, header=header,
+                loaded = load_csv(path, label_column=label, header=config.data.header,
                                   delimiter=config.data.delimiter, drop_na=config.data.drop_na,
                                   decimal=config.data.decimal)
             for warning in caught:
@@ -581,19 +581,12 @@ def execute(
     if progress is not None:
         callbacks.append(progress)
     try:
+        settings = training_settings(config, shuffle_seed=seeds["shuffle"],
+                                     resume=plan.resumed_from is not None, threads=threads)
         # The bar closes (last in, first out) before the stage's time is logged.
         with _timed(timings, "train"), _threadpool(threads), progress or nullcontext():
-            trained = train_model(
-                model, prepared.train, prepared.val,
-                learning_rate=config.optimizer.lr, epochs=config.train.epochs,
-                batch_size=config.train.batch_size, optimizer=config.optimizer.name,
-                optimizer_options=config.optimizer.options(),
-                weight_decay=config.optimizer.weight_decay, clip=config.train.clip,
-                clip_value=config.train.clip_value,
-                early_stopping_patience=config.train.early_stopping_patience,
-                shuffle_seed=seeds["shuffle"], callbacks=callbacks,
-                resume=plan.resumed_from is not None,
-            )
+            trained = train_model(model, prepared.train, prepared.val, settings,
+                                  callbacks=callbacks)
     except ValueError as error:  # the core's input checks (e.g. a resumed model's shape)
         if isinstance(error, CheckpointError | DataError):
             raise

@@ -10,23 +10,33 @@ This module imports neither MLflow nor the stages, so a bad config is reported f
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.errors import ConfigError
+from pipeline.mlp import (
+    ACTIVATIONS,
+    CLIPPERS,
+    INITIALIZERS,
+    OPTIMIZERS,
+    OUTPUTS,
+    SettingError,
+    TrainSettings,
+)
 
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "identity")
-OUTPUTS = ("auto", "sigmoid", "softmax")
-INITS = ("uniform", "he", "xavier")
 DTYPES = ("float64", "float32")
-CLIPS = ("value", "norm", "none")
+# Spellings a shell makes easier to type, and what they stand for.
+DELIMITER_ALIASES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+DECIMAL_ALIASES = {"comma": ",", "point": ".", "dot": "."}
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
@@ -39,8 +49,10 @@ def _check_positive(key: str, value: float, *, allow_zero: bool = False) -> None
         _fail(key, value, "must be a finite number " + (">= 0" if allow_zero else "> 0"))
 
 
-def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
+def _check_choice(key: str, value: Any, choices: Iterable[str]) -> None:
+    """``value`` must be one of ``choices`` (a registry's names: what is registered now)."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
         _fail(key, value, "one of " + ", ".join(choices))
 
 
@@ -50,7 +62,6 @@ MAX_TAG_KEY, MAX_TAG_VALUE = 250, 8000
 # A model whose parameters, gradients and optimiser state alone need more than this share
 # of the machine's memory is refused before any work (it would end in a MemoryError).
 MEMORY_SHARE = 0.8
-OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "rmsprop": 1, "adam": 2}
 
 
 def _check_length(key: str, value: str, limit: int) -> None:
@@ -73,7 +84,8 @@ def _check_model_fits(model: ModelConfig, optimizer: str) -> None:
     sizes = [1, *model.hidden_sizes, 1]  # at least one input and one output unit
     weights = sum((a + 1) * b for a, b in itertools.pairwise(sizes))
     itemsize = 4 if model.dtype == "float32" else 8
-    needed = weights * itemsize * (2 + OPTIMIZER_SLOTS.get(optimizer, 2))
+    slots = len(OPTIMIZERS[optimizer].state_names) if optimizer in OPTIMIZERS else 2
+    needed = weights * itemsize * (2 + slots)
     memory = physical_memory()
     if memory is not None and needed > MEMORY_SHARE * memory:
         raise ConfigError(
@@ -91,12 +103,12 @@ def _check_seed(key: str, value: int | None) -> None:
 class RFDataConfig:
     """RustNet's synthetic RF data (``data=rf``)."""
 
-    source: str = "rf"
-    n_samples: int = 1000
-    freq_start: float = 0.0
-    freq_end: float = 100.0
-    noise_std: float = 0.1
-    seed: int | None = None
+    source: str = MISSING
+    n_samples: int = MISSING
+    freq_start: float = MISSING
+    freq_end: float = MISSING
+    noise_std: float = MISSING
+    seed: int | None = MISSING
 
     def __post_init__(self) -> None:
         if self.n_samples < 2:
@@ -113,13 +125,13 @@ class RFDataConfig:
 class CSVDataConfig:
     """Any CSV file (``data=csv``)."""
 
-    source: str = "csv"
-    path: str | None = None
-    label_column: Any = None
-    header: Any = "auto"
-    delimiter: str | None = None
-    drop_na: bool = False
-    decimal: str = "."
+    source: str = MISSING
+    path: str | None = MISSING
+    label_column: Any = MISSING
+    header: Any = MISSING
+    delimiter: str | None = MISSING
+    drop_na: bool = MISSING
+    decimal: str = MISSING
 
     def __post_init__(self) -> None:
         if not self.path or self.path == "???":
@@ -128,18 +140,22 @@ class CSVDataConfig:
             )
         # Recorded absolute, so a rerun from any directory reads the same file.
         self.path = str(Path(self.path).expanduser().absolute())
-        if self.label_column is not None and not isinstance(self.label_column, str | int):
+        if self.label_column is not None and (isinstance(self.label_column, bool)
+                                              or not isinstance(self.label_column, str | int)):
             _fail("data.label_column", self.label_column, "must be a column name, a 0-based "
                   "position or null (the last column)")
+        # What the loader takes: "auto", True or False (true/false come as text from YAML).
         header = str(self.header).lower()
         if header not in ("auto", "true", "false"):
             _fail("data.header", self.header, "one of auto, true, false")
-        self.header = header
-        if self.delimiter is not None and len(self.delimiter) != 1:
-            _fail("data.delimiter", self.delimiter, "must be one character (e.g. ',' ';' '|') "
-                  "or null to detect")
-        decimal = {"comma": ",", "point": ".", "dot": "."}.get(str(self.decimal).lower(),
-                                                                self.decimal)
+        self.header = "auto" if header == "auto" else header == "true"
+        if self.delimiter is not None:
+            delimiter = DELIMITER_ALIASES.get(str(self.delimiter).lower(), str(self.delimiter))
+            if len(delimiter) != 1 or delimiter in "\"\r\n":
+                _fail("data.delimiter", self.delimiter, "must be one character (e.g. ',' ';' "
+                      "'|' or tab) or null to detect")
+            self.delimiter = delimiter
+        decimal = DECIMAL_ALIASES.get(str(self.decimal).lower(), self.decimal)
         if decimal not in (".", ","):
             _fail("data.decimal", self.decimal, "must be '.' (the default) or ',' for decimal "
                   "commas such as 1,5 (on a shell: data.decimal=comma)")
@@ -149,19 +165,16 @@ class CSVDataConfig:
         self.decimal = decimal
 
 
-DATA_SCHEMAS: dict[str, type] = {"rf": RFDataConfig, "csv": CSVDataConfig}
-
-
 @dataclass
 class ModelConfig:
     """Architecture of the MLP; input and output sizes come from the data."""
 
-    hidden_sizes: list[int] = field(default_factory=lambda: [12])
-    activation: Any = "relu"
-    output: str = "auto"
-    init: str = "uniform"
-    dtype: str = "float64"
-    seed: int | None = None
+    hidden_sizes: list[int] = MISSING
+    activation: Any = MISSING
+    output: str = MISSING
+    init: str = MISSING
+    dtype: str = MISSING
+    seed: int | None = MISSING
 
     def __post_init__(self) -> None:
         for i, size in enumerate(self.hidden_sizes):
@@ -173,8 +186,8 @@ class ModelConfig:
                   f"{len(self.hidden_sizes)} names (one per hidden layer)")
         for name in names:
             _check_choice("model.activation", name, ACTIVATIONS)
-        _check_choice("model.output", self.output, OUTPUTS)
-        _check_choice("model.init", self.init, INITS)
+        _check_choice("model.output", self.output, ("auto", *OUTPUTS))
+        _check_choice("model.init", self.init, INITIALIZERS)
         _check_choice("model.dtype", self.dtype, DTYPES)
         _check_seed("model.seed", self.seed)
 
@@ -183,15 +196,14 @@ class ModelConfig:
         return self.activation if isinstance(self.activation, str) else list(self.activation)
 
 
-@dataclass
-class SGDConfig:
-    name: str = "sgd"
-    lr: float = 0.003
-    weight_decay: float = 0.0
+class OptimizerConfig:
+    """``optimizer``: its name, lr and weight_decay (conf/optimizer/), and the optimiser's
+    own options with the defaults the core gives them (see :func:`optimizer_schema`). The
+    values are the core's to check (:func:`training_settings`)."""
 
-    def __post_init__(self) -> None:
-        _check_positive("optimizer.lr", self.lr)
-        _check_positive("optimizer.weight_decay", self.weight_decay, allow_zero=True)
+    name: str
+    lr: float
+    weight_decay: float
 
     def options(self) -> dict[str, float | bool]:
         """Optimiser-specific options for the core (everything but name, lr, weight_decay)."""
@@ -200,86 +212,47 @@ class SGDConfig:
         }
 
 
-@dataclass
-class MomentumConfig(SGDConfig):
-    name: str = "momentum"
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False
+def register_optimizer_options() -> None:
+    """Give Hydra each registered optimiser's own options with the core's defaults, as
+    ``optimizer/options/<name>``: ``conf/optimizer/<name>.yaml`` starts from it, so
+    ``optimizer.beta2=0.99`` overrides a key the config already has."""
+    from hydra.core.config_store import ConfigStore
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 <= self.momentum < 1:
-            _fail("optimizer.momentum", self.momentum, "must be in [0, 1)")
+    store = ConfigStore.instance()
+    for name, optimizer in OPTIMIZERS.items():
+        store.store(group="optimizer/options", name=name, node=dict(optimizer.defaults))
 
 
-@dataclass
-class RMSPropConfig(SGDConfig):
-    name: str = "rmsprop"
-    lr: float = 0.001
-    rho: float = 0.9
-    eps: float = 1e-8
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 <= self.rho < 1:
-            _fail("optimizer.rho", self.rho, "must be in [0, 1)")
-        _check_positive("optimizer.eps", self.eps)
-
-
-@dataclass
-class AdamConfig(SGDConfig):
-    name: str = "adam"
-    lr: float = 0.001
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for key in ("beta1", "beta2"):
-            if not 0 <= getattr(self, key) < 1:
-                _fail(f"optimizer.{key}", getattr(self, key), "must be in [0, 1)")
-        _check_positive("optimizer.eps", self.eps)
-
-
-OPTIMIZER_SCHEMAS: dict[str, type] = {
-    "sgd": SGDConfig,
-    "momentum": MomentumConfig,
-    "rmsprop": RMSPropConfig,
-    "adam": AdamConfig,
-}
+def optimizer_schema(name: str) -> type:
+    """The dataclass that checks ``optimizer=name``: built from the optimiser the core
+    registered under that name, so a registered optimiser is usable from the config."""
+    optimizer = OPTIMIZERS[name]
+    fields: list[tuple[str, Any, Any]] = [
+        ("name", str, MISSING), ("lr", float, MISSING), ("weight_decay", float, MISSING)]
+    fields += [(key, type(default), field(default=default))
+               for key, default in optimizer.defaults.items()]
+    return make_dataclass(f"{optimizer.__name__}Config", fields, bases=(OptimizerConfig,))
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3000
-    batch_size: int | None = None
-    clip: str = "value"
-    clip_value: float = 1.0
-    early_stopping_patience: int | None = None
-    checkpoint_every: int = 1000
-    shuffle_seed: int | None = None
-    threads: int | None = None
-    resume_from: str | None = None
-    progress: Any = "auto"
+    epochs: int = MISSING
+    batch_size: int | None = MISSING
+    clip: str = MISSING
+    clip_value: float = MISSING
+    early_stopping_patience: int | None = MISSING
+    checkpoint_every: int = MISSING
+    shuffle_seed: int | None = MISSING
+    threads: int | None = MISSING
+    resume_from: str | None = MISSING
+    progress: Any = MISSING
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            _fail("train.epochs", self.epochs, "must be an integer >= 1")
-        if self.batch_size is not None and self.batch_size < 1:
-            _fail("train.batch_size", self.batch_size, "must be an integer >= 1 or null "
-                  "(full batch)")
-        _check_choice("train.clip", self.clip, CLIPS)
-        _check_positive("train.clip_value", self.clip_value)
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            _fail("train.early_stopping_patience", self.early_stopping_patience,
-                  "must be an integer >= 1 or null")
+        # epochs, batch_size, clip_value, early_stopping_patience, shuffle_seed and threads
+        # are the core's to check (training_settings).
+        _check_choice("train.clip", self.clip, CLIPPERS)
         if self.checkpoint_every < 0:
             _fail("train.checkpoint_every", self.checkpoint_every, "must be an integer >= 0")
-        _check_seed("train.shuffle_seed", self.shuffle_seed)
-        if self.threads is not None and self.threads < 1:
-            _fail("train.threads", self.threads, "must be an integer >= 1 or null")
         progress = str(self.progress).lower()
         if progress not in ("auto", "true", "false"):
             _fail("train.progress", self.progress, "one of auto, true, false")
@@ -288,10 +261,10 @@ class TrainConfig:
 
 @dataclass
 class SplitConfig:
-    test_fraction: float = 0.2
-    val_fraction: float = 0.0
-    stratify: bool = False
-    seed: int | None = None
+    test_fraction: float = MISSING
+    val_fraction: float = MISSING
+    stratify: bool = MISSING
+    seed: int | None = MISSING
 
     def __post_init__(self) -> None:
         if not 0 < self.test_fraction < 1:
@@ -307,13 +280,13 @@ class SplitConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = None
-    experiment: str = "mlp-pipeline"
-    run_name: str | None = None
-    log_model: bool = True
-    plots: bool = True
-    mode: str = "online"
-    max_points: int | None = 5000
+    uri: str | None = MISSING
+    experiment: str = MISSING
+    run_name: str | None = MISSING
+    log_model: bool = MISSING
+    plots: bool = MISSING
+    mode: str = MISSING
+    max_points: int | None = MISSING
 
     def __post_init__(self) -> None:
         if not self.experiment.strip():
@@ -334,12 +307,12 @@ METRICS = ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_ro
 
 @dataclass
 class SweepConfig:
-    metric: str = "test_accuracy"
-    direction: str = "maximize"
-    replicates: int | None = None
-    resume: str | None = None
-    max_failures: int | None = None
-    child_record: str = "lean"
+    metric: str = MISSING
+    direction: str = MISSING
+    replicates: int | None = MISSING
+    resume: str | None = MISSING
+    max_failures: int | None = MISSING
+    child_record: str = MISSING
 
     def __post_init__(self) -> None:
         _check_choice("sweep.metric", self.metric, METRICS)
@@ -357,24 +330,25 @@ class SweepConfig:
 
 @dataclass
 class PipelineConfig:
-    cache: bool = True
-    cache_dir: str | None = None
+    cache: bool = MISSING
+    cache_dir: str | None = MISSING
+    plugins: list[str] = MISSING  # imported before the rest is checked: see validate
 
 
 @dataclass
 class Config:
     """The whole validated config, as the runner sees it."""
 
-    seed: int = 0
-    tags: dict[str, str] = field(default_factory=dict)
-    data: Any = field(default_factory=RFDataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optimizer: Any = field(default_factory=SGDConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
+    seed: int = MISSING
+    tags: dict[str, str] = MISSING
+    data: Any = None  # RFDataConfig | CSVDataConfig: validated on their own (see validate)
+    model: ModelConfig = MISSING
+    optimizer: Any = None  # validated on its own, against the core's optimiser
+    train: TrainConfig = MISSING
+    split: SplitConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    pipeline: PipelineConfig = MISSING
+    sweep: SweepConfig = MISSING
 
     def __post_init__(self) -> None:
         _check_seed("seed", self.seed)
@@ -384,6 +358,38 @@ class Config:
         if self.train.early_stopping_patience is not None and self.split.val_fraction == 0:
             _fail("train.early_stopping_patience", self.train.early_stopping_patience,
                   "needs a validation split: set split.val_fraction > 0 or leave it null")
+
+
+# The config key of each TrainSettings argument (an optimiser's own option: optimizer.<it>).
+SETTING_KEYS = {
+    "learning_rate": "optimizer.lr", "weight_decay": "optimizer.weight_decay",
+    "optimizer": "optimizer.name", "optimizer_options": "optimizer", "epochs": "train.epochs",
+    "batch_size": "train.batch_size", "clip": "train.clip", "clip_value": "train.clip_value",
+    "early_stopping_patience": "train.early_stopping_patience",
+    "shuffle_seed": "train.shuffle_seed", "threads": "train.threads",
+}
+
+
+def training_settings(config: Config, **given: Any) -> TrainSettings:
+    """The core's TrainSettings for ``config`` (its checks are the training settings' only
+    ones), with ``given`` for what the run decides (the shuffle seed it derives, resume,
+    threads). Raises ConfigError naming the config key of a bad value."""
+    settings: dict[str, Any] = {
+        "learning_rate": config.optimizer.lr, "epochs": config.train.epochs,
+        "batch_size": config.train.batch_size, "optimizer": config.optimizer.name,
+        "optimizer_options": config.optimizer.options(),
+        "weight_decay": config.optimizer.weight_decay, "clip": config.train.clip,
+        "clip_value": config.train.clip_value,
+        "early_stopping_patience": config.train.early_stopping_patience,
+        "shuffle_seed": config.train.shuffle_seed, "threads": config.train.threads,
+    }
+    try:
+        return TrainSettings(**{**settings, **given})
+    except SettingError as error:
+        key = SETTING_KEYS.get(error.name, f"optimizer.{error.name}")
+        raise ConfigError(f"{key}: got {error.value!r}; must be {error.rule}") from None
+    except ValueError as error:  # a name the registries do not hold
+        raise ConfigError(f"train: {error}") from None
 
 
 def _one_line(error: OmegaConfBaseException) -> str:
@@ -405,19 +411,37 @@ def _structured(schema: type, node: Any, prefix: str) -> Any:
         raise ConfigError(message + ". Check the key's spelling and type in conf/") from None
 
 
-def _pick(group: str, node: Any, key: str, schemas: dict[str, type]) -> Any:
+def _pick(group: str, node: Any, key: str, schemas: Mapping[str, Callable[[str], type]]
+          ) -> Any:
     """Validate a group whose schema depends on a discriminator key (data.source, ...)."""
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{group}: expected a mapping, got {node!r}. Fix: pick {group}=<option>")
     choice = node.get(key)
-    if choice not in schemas:
+    if not isinstance(choice, str) or choice not in schemas:
         _fail(f"{group}.{key}", choice, "one of " + ", ".join(schemas))
-    return _structured(schemas[choice], node, group)
+    return _structured(schemas[choice](choice), node, group)
+
+
+def import_plugins(modules: Any) -> None:
+    """Import the modules ``pipeline.plugins`` names: what they register (an activation,
+    an optimiser, ...) becomes a name the config may use."""
+    if modules is None:
+        return
+    if isinstance(modules, str) or not all(isinstance(m, str) for m in modules):
+        _fail("pipeline.plugins", modules, "must be a list of module names, e.g. "
+              "[my_activations]")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # ImportError, or the module's own error on import
+            raise ConfigError(f"pipeline.plugins: cannot import {module!r} "
+                              f"({type(error).__name__}: {error}); make it importable "
+                              "(PYTHONPATH) or drop it") from None
 
 
 def validate_sweep(node: Any) -> SweepConfig:
     """The ``sweep`` group alone (the sweep's launching process checks it before any job)."""
-    result: SweepConfig = _structured(SweepConfig, node if node is not None else {}, "sweep")
+    result: SweepConfig = _structured(SweepConfig, node, "sweep")
     return result
 
 
@@ -432,12 +456,21 @@ def validate(cfg: DictConfig) -> Config:
         raise ConfigError(_one_line(error)) from None
     assert isinstance(container, dict)
     plain = OmegaConf.create(container)
-    data = _pick("data", plain.get("data"), "source", DATA_SCHEMAS)
-    optimizer = _pick("optimizer", plain.get("optimizer"), "name", OPTIMIZER_SCHEMAS)
+    plugins = OmegaConf.select(plain, "pipeline.plugins", default=None)
+    import_plugins(plugins)
+    if plugins is None and isinstance(plain.get("pipeline"), DictConfig):
+        plain.pipeline.plugins = []  # a config recorded before the setting existed
+    data = _pick("data", plain.get("data"), "source",
+                 {"rf": lambda _: RFDataConfig, "csv": lambda _: CSVDataConfig})
+    optimizer = _pick("optimizer", plain.get("optimizer"), "name",
+                      dict.fromkeys(OPTIMIZERS, optimizer_schema))
     rest = OmegaConf.masked_copy(plain, [k for k in plain if k not in ("data", "optimizer")])
     config = _structured(Config, rest, "")
     config.data = data
     config.optimizer = optimizer
+    training_settings(config)
     _check_model_fits(config.model, optimizer.name)
     return config
 
+
+register_optimizer_options()

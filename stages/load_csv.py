@@ -62,7 +62,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -81,8 +81,6 @@ _MISSING = frozenset(
 _NUMBER_TEMPLATE = r"[+-]?(?:(?:[0-9]+{d}?[0-9]*|{d}[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity)"
 _NUMBER_PATTERNS = {d: _NUMBER_TEMPLATE.format(d=re.escape(d)) for d in ".,"}
 _NUMBERS = {d: re.compile(p, re.IGNORECASE | re.ASCII) for d, p in _NUMBER_PATTERNS.items()}
-_DELIMITER_ALIASES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
-_DECIMAL_ALIASES = {"comma": ",", "point": ".", "dot": "."}
 _READ_BLOCK = 1 << 20  # bytes per read of the checking pass and per pyarrow block
 _PYTHON_BATCH = 50_000  # rows per batch when Python's csv module reads the file
 _FILE_KINDS = (
@@ -126,45 +124,6 @@ def _is_blank_row(row: Sequence[str]) -> bool:
 
 
 # ---------------------------------------------------------------- options and the file
-
-
-def _check_options(
-    label_column: object, header: object, delimiter: object, drop_na: object, decimal: object
-) -> tuple[str | None, str]:
-    """Validate the keyword options; returns (delimiter, decimal) with aliases resolved."""
-    if label_column is not None and (
-        isinstance(label_column, bool) or not isinstance(label_column, str | int)
-    ):
-        raise DataError(
-            f"data.label_column: {label_column!r} is not allowed; "
-            "set it to a column name, a 0-based position, or null for the last column"
-        )
-    if not (header == "auto" or isinstance(header, bool)):
-        raise DataError(f"data.header: {header!r} is not allowed; set it to auto, true or false")
-    if not isinstance(drop_na, bool):
-        raise DataError(f"data.drop_na: {drop_na!r} is not allowed; set it to true or false")
-    if isinstance(decimal, str):
-        decimal = _DECIMAL_ALIASES.get(decimal.lower(), decimal)
-    if decimal not in (".", ","):
-        raise DataError(
-            f"data.decimal: {decimal!r} is not allowed; set it to '.' (the default) or ',' "
-            "(decimal commas, e.g. 1,5)"
-        )
-    if delimiter is None:
-        return None, str(decimal)
-    if isinstance(delimiter, str):
-        delimiter = _DELIMITER_ALIASES.get(delimiter.lower(), delimiter)
-    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n":
-        raise DataError(
-            f"data.delimiter: {delimiter!r} is not allowed; set it to one character "
-            "such as ',' ';' '|' or tab, or null to detect it"
-        )
-    if delimiter == decimal == ",":
-        raise DataError(
-            "data.decimal: ',' and data.delimiter: ',' cannot both be the comma; set "
-            "data.delimiter to the separator (e.g. ';') or null to detect it"
-        )
-    return delimiter, str(decimal)
 
 
 def check_csv_path(path: str | os.PathLike[str]) -> None:
@@ -911,17 +870,18 @@ def load_csv(
     path: str | os.PathLike[str],
     *,
     label_column: str | int | None = None,
-    header: str | bool = "auto",
+    header: Literal["auto"] | bool = "auto",
     delimiter: str | None = None,
     drop_na: bool = False,
     decimal: str = ".",
 ) -> Dataset:
     """Load a CSV of numeric features and one label column (rules: module docstring).
 
+    The options arrive checked (``pipeline.schema.CSVDataConfig``): ``header`` "auto",
+    True or False; ``delimiter`` one character or None to detect; ``decimal`` "." or ",".
     Returns a Dataset with X: (n_rows, n_columns - 1) and y: (n_rows,) class indices.
-    Raises DataError, with one line naming the problem and the fix, for any bad input.
+    Raises DataError, with one line naming the problem and the fix, for any bad file.
     """
-    delimiter, decimal = _check_options(label_column, header, delimiter, drop_na, decimal)
     shown = repr(str(path))
     scan = _scan_file(path, shown)
     delimiter = delimiter or _detect_delimiter(scan.head, shown, decimal)

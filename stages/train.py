@@ -1,16 +1,17 @@
 """Train stage: build the MLP for the data and fit it. No tracking here.
 
-The runner passes callbacks (metric logging, checkpoints, a progress bar); this
-stage only knows the core's API.
+The runner passes the training settings (a ``TrainSettings``, built once from the validated
+config) and callbacks (metric logging, checkpoints, a progress bar); this stage only knows
+the core's API.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.mlp import MLP, History
+from pipeline.mlp import MLP, History, TrainSettings, fit
 from stages.dataset import Dataset
 
 
@@ -96,36 +97,12 @@ def train_model(
     model: MLP,
     train: Dataset,
     val: Dataset | None,
+    settings: TrainSettings,
     *,
-    learning_rate: float,
-    epochs: int,
-    batch_size: int | None = None,
-    optimizer: str = "sgd",
-    optimizer_options: Mapping[str, Any] | None = None,
-    weight_decay: float = 0.0,
-    clip: str = "value",
-    clip_value: float = 1.0,
-    early_stopping_patience: int | None = None,
-    shuffle_seed: int | None = None,
-    callbacks: Sequence[Callable[..., Any]] = (),
-    resume: bool = False,
+    callbacks: Sequence[Callable[[int, dict[str, float], MLP], Any]] = (),
 ) -> TrainResult:
-    """Fit ``model`` on ``train`` (X: (n, d), y: (n,)), validating on ``val`` when given."""
-    history = model.train(
-        train.X,
-        train.y,
-        learning_rate=learning_rate,
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        optimizer_options=dict(optimizer_options or {}),
-        weight_decay=weight_decay,
-        clip=clip,
-        clip_value=clip_value,
-        validation=(val.X, val.y) if val is not None and val.n_samples else None,
-        early_stopping_patience=early_stopping_patience,
-        shuffle_seed=shuffle_seed,
-        callbacks=callbacks,
-        resume=resume,
-    )
+    """Fit ``model`` on ``train`` (X: (n, d), y: (n,)) with ``settings``, validating on ``val``
+    when it has samples."""
+    validation = (val.X, val.y) if val is not None and val.n_samples else None
+    history = fit(model, train.X, train.y, settings, validation=validation, callbacks=callbacks)
     return TrainResult(model=model, history=history)

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.mlp import CLIPPERS, MLP, OPTIMIZERS, Optimizer
 from pipeline.mlp.optimizers import make_optimizer
+from pipeline.mlp.training import loss_and_gradients
 
 P0 = np.array([1.0, 2.0, -3.0, 0.5])
 G1 = np.array([0.5, -2.0, 0.0, 1e-3])
@@ -163,7 +164,7 @@ def _one_step(clip: str, weight_decay: float):
     X = rng.normal(size=(20, 3)) * 20  # large inputs and labels the initial net gets wrong:
     y = (X[:, 0] < 0).astype(int)  # some gradients exceed 1
     model = MLP([3, 4, 1], seed=0)
-    _, dW, db = model._loss_and_gradients(X, y)
+    _, dW, db = loss_and_gradients(model, X, y)
     W0 = [w.copy() for w in model.weights]
     b0 = [b.copy() for b in model.biases]
     model.train(X, y, learning_rate=0.5, epochs=1, clip=clip, clip_value=1.0,

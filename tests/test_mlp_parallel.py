@@ -94,9 +94,10 @@ def test_a_split_batch_has_the_whole_batchs_gradient(output, gathered, activatio
     model = MLP([4, 6, 5, 3 if output == "softmax" else 1], output=output, seed=3,
                 hidden_activation=activation)
     indices = np.random.default_rng(1).permutation(53)[:41] if gathered else None
-    whole = model._loss_and_gradients(X, y, indices=indices)
+    whole = training.loss_and_gradients(model, X, y, indices=indices)
     for parts, threads in [(2, 1), (3, 2), (5, 3)]:
-        split = model._loss_and_gradients(X, y, indices=indices, parts=parts, threads=threads)
+        split = training.loss_and_gradients(model, X, y, indices=indices, parts=parts,
+                                            threads=threads)
         assert split[0] == pytest.approx(whole[0], rel=1e-13)
         for a, b in zip([*whole[1], *whole[2]], [*split[1], *split[2]], strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-15)
@@ -105,9 +106,9 @@ def test_a_split_batch_has_the_whole_batchs_gradient(output, gathered, activatio
 def test_a_split_batchs_gradient_does_not_depend_on_the_thread_count():
     X, y = binary(200, 5)
     model = MLP([5, 16, 8, 1], seed=0)
-    one = model._loss_and_gradients(X, y, parts=4, threads=1)
+    one = training.loss_and_gradients(model, X, y, parts=4, threads=1)
     for threads in (2, 3, 4, 8):
-        other = model._loss_and_gradients(X, y, parts=4, threads=threads)
+        other = training.loss_and_gradients(model, X, y, parts=4, threads=threads)
         assert other[0] == one[0]
         for a, b in zip([*one[1], *one[2]], [*other[1], *other[2]], strict=True):
             np.testing.assert_array_equal(a, b)

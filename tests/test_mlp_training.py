@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline.mlp import MLP, ConvergenceWarning, TrainingDiverged
+from pipeline.mlp import MLP, ConvergenceWarning, TrainingDiverged, TrainSettings, fit, optimizers
 from pipeline.mlp.training import CONVERGENCE_ACCURACY
 
 pytestmark = pytest.mark.filterwarnings("ignore::pipeline.mlp.ConvergenceWarning")
@@ -136,7 +137,7 @@ def test_resume_false_restarts_the_epoch_count_and_the_optimiser():
     X, y = small_binary()
     model = MLP([3, 4, 1], seed=0)
     model.train(X, y, learning_rate=0.01, epochs=4, optimizer="adam")
-    assert model.epoch == 4 and model._training.optimizer.step_count == 4
+    assert model.epoch == 4 and model.training_state.optimizer.step_count == 4
     history = model.train(X, y, learning_rate=0.01, epochs=2, optimizer="sgd")
     assert history.epochs == [1, 2] and model.epoch == 2
 
@@ -155,6 +156,63 @@ def test_convergence_warning_only_when_still_improving_below_the_accuracy_bar():
     assert history.metrics["train_accuracy"][-1] >= CONVERGENCE_ACCURACY
     losses = history.metrics["train_loss"]
     assert losses[-1] < min(losses[:-10]) - 1e-4  # the loss was still falling
+
+
+# ---- settings --------------------------------------------------------------------------------
+
+def test_train_settings_are_checked_and_normalised_once_built():
+    settings = TrainSettings(learning_rate=1, epochs=np.int64(3), optimizer="adam",
+                             optimizer_options={"beta1": 0.5}, clip_value=2, resume=np.True_)
+    assert settings.learning_rate == 1.0 and isinstance(settings.learning_rate, float)
+    assert settings.epochs == 3 and type(settings.epochs) is int
+    assert settings.optimizer_options == {"beta1": 0.5, "beta2": 0.999, "eps": 1e-8}
+    assert settings.clip_value == 2.0 and settings.resume is True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.epochs = 4  # type: ignore[misc]
+    for kwargs, message in [
+        (dict(resume="yes"), "resume must be True or False, got 'yes'"),
+        (dict(threads=0), "threads must be None or an int >= 1, got 0"),
+        (dict(early_stopping_patience=0), "early_stopping_patience must be None or an int >= 1"),
+        (dict(optimizer="sgd", learning_rate=-1.0), "learning_rate must be a finite number > 0"),
+    ]:
+        with pytest.raises(ValueError, match=message) as info:
+            TrainSettings(**{"learning_rate": 0.1, "epochs": 2, **kwargs})
+        assert "\n" not in str(info.value)
+
+
+def test_the_optimiser_is_checked_without_being_built_and_built_once_per_fresh_run(monkeypatch):
+    built = []
+    original = optimizers.Optimizer.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(type(self).__name__)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(optimizers.Optimizer, "__init__", counting)
+    settings = TrainSettings(learning_rate=0.01, epochs=2, optimizer="momentum")
+    assert built == []
+    X, y = small_binary()
+    model = MLP([3, 4, 1], seed=0)
+    fit(model, X, y, settings)
+    assert built == ["Momentum"]
+    fit(model, X, y, dataclasses.replace(settings, epochs=4, resume=True))
+    assert built == ["Momentum"]  # resuming keeps the model's own optimiser
+    assert model.epoch == 4
+
+
+def test_train_is_fit_with_train_settings():
+    X, y = small_binary()
+    val = (X[:10], y[:10])
+    options = dict(learning_rate=0.05, epochs=6, optimizer="adam", batch_size=8,
+                   weight_decay=1e-3, clip="norm", shuffle_seed=2)
+    seen = []
+    a, b = MLP([3, 5, 1], seed=1), MLP([3, 5, 1], seed=1)
+    history_a = a.train(X, y, validation=val, **options)
+    history_b = fit(b, X, y, TrainSettings(**options), validation=val,
+                    callbacks=[lambda epoch, metrics, model: seen.append((epoch, model))])
+    assert history_a == history_b
+    assert a.to_dict() == b.to_dict()
+    assert seen == [(epoch, b) for epoch in range(1, 7)]
 
 
 # ---- early stopping --------------------------------------------------------------------------

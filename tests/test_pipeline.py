@@ -184,3 +184,79 @@ def test_the_thread_count_does_not_change_a_run_whose_batches_split(
     assert tags[0]["checkpoint_sha256"] == tags[1]["checkpoint_sha256"]
     losses = [[m.value for m in client.get_metric_history(r.run_id, "train_loss")] for r in runs]
     assert len(losses[0]) == 3 and losses[0] == losses[1]
+
+
+PLUGIN = '''
+import numpy as np
+
+from pipeline.mlp import register_activation, register_optimizer
+from pipeline.mlp.optimizers import SGD
+
+
+def softsign(z):
+    return z / (1.0 + np.abs(z))
+
+
+def softsign_derivative(z, a):
+    return 1.0 / (1.0 + np.abs(z)) ** 2
+
+
+register_activation("softsign", softsign, softsign_derivative)
+
+
+class HalfSGD(SGD):
+    """Plain gradient descent at half the given rate, with an option of its own."""
+
+    name = "half_sgd"
+    defaults = {"factor": 0.5}
+
+    def _step(self, grads):
+        return super()._step(grads) * self.options["factor"]
+
+
+register_optimizer(HalfSGD)
+'''
+
+
+@pytest.mark.slow
+def test_a_registered_activation_and_optimizer_are_usable_from_config(tmp_path, store) -> None:
+    """pipeline.plugins imports a user's module first: the activation and the optimiser it
+    registers are names the config accepts, in the run, in its record and in a rerun."""
+    (tmp_path / "my_layers.py").write_text(PLUGIN)
+    env = {**__import__("os").environ, "PYTHONPATH": f"{PROJECT_ROOT}:{tmp_path}"}
+    common = [f"tracking.uri={store}", f"pipeline.cache_dir={tmp_path / 'cache'}",
+              "train.epochs=200", "train.progress=false", "tracking.log_model=false",
+              "tracking.plots=false"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "pipeline.plugins=[my_layers]",
+         "model.activation=softsign", "optimizer.name=half_sgd", "+optimizer.factor=0.25",
+         f"hydra.run.dir={tmp_path / 'out'}", *common],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("mlp-pipeline").experiment_id])
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.activation"] == "softsign" and params["optimizer.name"] == "half_sgd"
+    assert params["optimizer.factor"] == "0.25"
+    checkpoint = json.loads((tmp_path / "out" / "checkpoints" / "final.json").read_text())
+    assert "softsign" in json.dumps(checkpoint)
+
+    rerun = subprocess.run([sys.executable, "-m", "pipeline.rerun", run.info.run_id,
+                            f"tracking.uri={store}"],
+                           capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300, env=env)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+
+    # Without the plugin, the same names are refused before any work, in one line.
+    refused = subprocess.run(
+        [sys.executable, "-m", "pipeline", "model.activation=softsign",
+         f"hydra.run.dir={tmp_path / 'out2'}", *common],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1].startswith("model.activation: got 'softsign'")
+    missing = subprocess.run(
+        [sys.executable, "-m", "pipeline", "pipeline.plugins=[no_such_module]",
+         f"hydra.run.dir={tmp_path / 'out3'}", *common],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "pipeline.plugins: cannot import 'no_such_module'" in missing.stderr

@@ -93,7 +93,7 @@ def test_a_claim_over_the_memory_budget_is_refused_before_allocating() -> None:
         MLP.from_dict(content)  # within the default budget: the shapes then disagree
     one_line(info.value, "parameters.weights[0] has shape (2, 3)")
     with pytest.raises(CheckpointError) as info:
-        checkpoint.from_dict(content, "claim.json", memory_budget=100_000)
+        checkpoint.from_dict(content, MLP, "claim.json", memory_budget=100_000)
     one_line(info.value, "'claim.json'", "layer_sizes [2, 1000, 1] declares 4,001 parameters",
              "which need 128.0 KB to load, over the memory budget of 100.0 KB")
 
@@ -130,10 +130,10 @@ def test_the_file_limit_follows_the_budget(tmp_path) -> None:
     MLP([2, 3, 1], seed=0).save(path)
     size = path.stat().st_size
     fits = size * checkpoint.JSON_EXPANSION
-    assert checkpoint.load(path, memory_budget=fits).layer_sizes == (2, 3, 1)
+    assert checkpoint.load(path, MLP, memory_budget=fits).layer_sizes == (2, 3, 1)
     with pytest.raises(CheckpointError, match=f"the file is {size:,} bytes, over the "
                                               f"{size - 1:,} bytes a checkpoint may be"):
-        checkpoint.load(path, memory_budget=fits - checkpoint.JSON_EXPANSION)
+        checkpoint.load(path, MLP, memory_budget=fits - checkpoint.JSON_EXPANSION)
 
 
 @pytest.mark.parametrize("kind", ["device", "fifo"])

@@ -7,10 +7,14 @@ several threads). Start with ``MLP``::
     history = model.train(X, y, learning_rate=0.003, epochs=3000)
     model.predict_proba(X_test); model.save("model.json"); MLP.load("model.json")
 
-Modules: model (MLP), training (the loop), network (forward/backward over flat buffers),
-parallel (large batches split into parts run on several threads), activations, outputs
-(output layer + loss), initializers, optimizers, clipping, validation (input checks),
-checkpoint (JSON format), history, errors, rustnet (RustNet's API).
+``model.train(X, y, **settings)`` is ``fit(model, X, y, TrainSettings(**settings))``.
+
+Modules, each importing only those listed after it: model (MLP), training (the loop: fit),
+checkpoint (JSON format), state (what training and checkpoints see of a model), settings
+(TrainSettings), parallel (large batches split into parts run on several threads), network
+(forward/backward over flat buffers, and the plain version they are tested against),
+outputs (output layer + loss), activations, optimizers, clipping, initializers, validation
+(input checks), errors, history; rustnet (RustNet's API) sits on top of model.
 """
 
 from .activations import ACTIVATIONS, Activation, register_activation
@@ -23,6 +27,9 @@ from .model import MLP
 from .optimizers import OPTIMIZERS, Optimizer, register_optimizer
 from .outputs import OUTPUTS
 from .rustnet import PyNeuralNetwork
+from .settings import TrainSettings
+from .training import fit
+from .validation import SettingError
 
 __all__ = [
     "ACTIVATIONS",
@@ -38,7 +45,10 @@ __all__ = [
     "History",
     "Optimizer",
     "PyNeuralNetwork",
+    "SettingError",
+    "TrainSettings",
     "TrainingDiverged",
+    "fit",
     "register_activation",
     "register_optimizer",
 ]

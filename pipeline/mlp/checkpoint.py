@@ -30,6 +30,10 @@ bytes of Python objects per byte of text), and the declared ``layer_sizes`` (a l
 most ``MAX_LAYERS`` ints >= 1) must fit both the file (every number takes at least 2 bytes of
 text) and the memory budget (``default_memory_budget``: a quarter of physical memory) before
 any array of that size exists.
+
+A model is read and written through its public surface (``state.Model``); reading builds it
+with the class it is given (``MLP.load`` passes ``MLP``), so this module never imports
+``model``.
 """
 
 from __future__ import annotations
@@ -42,21 +46,21 @@ import numbers
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from .clipping import CLIPPERS
 from .errors import CheckpointError
-from .model import MLP
 from .network import ParameterLayout
 from .optimizers import make_optimizer
-from .training import TrainingState
+from .state import Model, TrainingState
 
 FORMAT_VERSION = 1
+M = TypeVar("M", bound=Model)
 
 # Limits for loading untrusted files (see the module docstring).
 MEMORY_FRACTION = 0.25  # of physical memory: the memory budget of one load
@@ -103,15 +107,16 @@ def _json_value(value: Any, where: str) -> Any:
     raise ValueError(f"{where} holds a {type(value).__name__}, which JSON cannot store")
 
 
-def to_dict(model: MLP, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The checkpoint content of ``model`` as plain JSON types."""
-    if not np.isfinite(model._params).all():
+def to_dict(model: Model, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint content of ``model`` as plain JSON types; metadata defaults to
+    ``model.metadata``."""
+    if not np.isfinite(model.params).all():
         raise ValueError("cannot save a model whose parameters are not finite")
     meta = model.metadata if metadata is None else metadata
     if not isinstance(meta, Mapping):
         raise ValueError(f"metadata must be a mapping, got {type(meta).__name__}")
-    layout = model._layout
-    state = model._training
+    layout = model.layout
+    state = model.training_state
     training = None
     if state is not None:
         optimizer = state.optimizer
@@ -139,7 +144,7 @@ def to_dict(model: MLP, metadata: Mapping[str, Any] | None = None) -> dict[str, 
             "output": model.output, "init": model.init, "dtype": model.dtype,
             "seed": model.seed,
         },
-        "parameters": _layers_json(layout, model._params),
+        "parameters": _layers_json(layout, model.params),
         "training": training,
         "metadata": _json_value(dict(meta), "metadata"),
     }
@@ -182,9 +187,9 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
             os.close(directory)
 
 
-def save(model: MLP, path: str | os.PathLike[str],
+def save(model: Model, path: str | os.PathLike[str],
          metadata: Mapping[str, Any] | None = None) -> None:
-    """``model.save``: serialise first (errors leave no file), then write atomically."""
+    """``MLP.save``: serialise first (errors leave no file), then write atomically."""
     write_text_atomic(path, dumps(to_dict(model, metadata)))
 
 
@@ -256,7 +261,7 @@ def _layers(obj: Any, layout: ParameterLayout, where: str,
     return layout.flatten(arrays["weights"], arrays["biases"], dtype)
 
 
-def _training_state(obj: Any, model: MLP) -> TrainingState:
+def _training_state(obj: Any, model: Model) -> TrainingState:
     if not isinstance(obj, dict):
         raise _Problem(f"'training' should be an object or null, got {_kind(obj)}")
     w = "training."
@@ -293,9 +298,9 @@ def _training_state(obj: Any, model: MLP) -> TrainingState:
     if sorted(state) != sorted(optimizer.state_names):
         raise _Problem(f"training.optimizer.state has {sorted(state)}, but {name!r} keeps "
                        f"{sorted(optimizer.state_names)}")
-    optimizer.reset(model._layout.size, model._np_dtype)
-    arrays = {key: _layers(value, model._layout, f"training.optimizer.state.{key}",
-                           model._np_dtype) for key, value in state.items()}
+    optimizer.reset(model.layout.size, model.params.dtype)
+    arrays = {key: _layers(value, model.layout, f"training.optimizer.state.{key}",
+                           model.params.dtype) for key, value in state.items()}
     optimizer.set_state(step, arrays)
 
     shuffle = _field(obj, "shuffle", "training.", "object")
@@ -377,7 +382,8 @@ def _check_declared_size(sizes: list[int], file_size: int | None, budget: int) -
                        f"budget of {_bytes(budget)} for loading a checkpoint")
 
 
-def _decode(data: Any, file_size: int | None, budget: int) -> MLP:
+def _decode(data: Any, model_class: Callable[..., M], file_size: int | None,
+            budget: int) -> M:
     if not isinstance(data, dict):
         raise _Problem(f"expected a JSON object at the top level, got {_kind(data)}")
     version = _field(data, "format_version", "", "int")
@@ -387,29 +393,31 @@ def _decode(data: Any, file_size: int | None, budget: int) -> MLP:
     arch = _field(data, "architecture", "", "object")
     w = "architecture."
     layer_sizes = _layer_sizes(arch)
-    _check_declared_size(layer_sizes, file_size, budget)  # before MLP() allocates for them
+    _check_declared_size(layer_sizes, file_size, budget)  # before the model allocates for them
     activations = _field(arch, "activations", w, "list")
     try:
-        model = MLP(layer_sizes, hidden_activation=activations,
+        model = model_class(layer_sizes, hidden_activation=activations,
                     output=_field(arch, "output", w, "string"),
                     init=_field(arch, "init", w, "string"),
                     dtype=_field(arch, "dtype", w, "string"),
                     seed=_field(arch, "seed", w, "int"))
     except ValueError as error:
         raise _Problem(f"architecture: {error}") from None
-    params = _layers(_field(data, "parameters", "", "object"), model._layout, "parameters",
-                     model._np_dtype)
-    np.copyto(model._params, params)
+    params = _layers(_field(data, "parameters", "", "object"), model.layout, "parameters",
+                     model.params.dtype)
+    np.copyto(model.params, params)
     training = _field(data, "training", "", "any")
     if training is not None:
-        model._training = _training_state(training, model)
+        model.training_state = _training_state(training, model)
     model.metadata = _field(data, "metadata", "", "object")
     return model
 
 
-def from_dict(data: Any, source: str = "<dict>", *, memory_budget: int | None = None,
-              file_size: int | None = None) -> MLP:
-    """A model from checkpoint content; CheckpointError naming ``source`` if invalid.
+def from_dict(data: Any, model_class: Callable[..., M], source: str = "<dict>", *,
+              memory_budget: int | None = None, file_size: int | None = None) -> M:
+    """A model (built as ``model_class(layer_sizes, hidden_activation=..., output=..., init=...,
+    dtype=..., seed=...)``, e.g. MLP) from checkpoint content; CheckpointError naming
+    ``source`` if invalid.
 
     The declared layer_sizes must fit ``memory_budget`` bytes (default:
     ``default_memory_budget()``) and, when the content came from a file of ``file_size``
@@ -417,7 +425,7 @@ def from_dict(data: Any, source: str = "<dict>", *, memory_budget: int | None = 
     """
     budget = default_memory_budget() if memory_budget is None else memory_budget
     try:
-        return _decode(data, file_size, budget)
+        return _decode(data, model_class, file_size, budget)
     except _Problem as problem:
         raise CheckpointError(source, str(problem)) from None
 
@@ -451,9 +459,11 @@ def _read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
     return raw
 
 
-def load(path: str | os.PathLike[str], *, memory_budget: int | None = None) -> MLP:
+def load(path: str | os.PathLike[str], model_class: Callable[..., M], *,
+         memory_budget: int | None = None) -> M:
     """``MLP.load``: read and check a checkpoint file, within ``memory_budget`` bytes
-    (default: ``default_memory_budget()``; see the module docstring for what is checked)."""
+    (default: ``default_memory_budget()``; see the module docstring for what is checked),
+    and build its model with ``model_class`` (see ``from_dict``)."""
     budget = default_memory_budget() if memory_budget is None else memory_budget
     raw = _read_bounded(path, budget // JSON_EXPANSION)
     try:
@@ -468,4 +478,5 @@ def load(path: str | os.PathLike[str], *, memory_budget: int | None = None) -> M
     except ValueError as error:  # an integer of more than sys.get_int_max_str_digits() digits
         raise CheckpointError(path, f"it holds a number it cannot read "
                                     f"({str(error).split(':')[0]})") from None
-    return from_dict(data, os.fspath(path), memory_budget=budget, file_size=len(raw))
+    return from_dict(data, model_class, os.fspath(path), memory_budget=budget,
+                     file_size=len(raw))

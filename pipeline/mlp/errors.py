@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import os
+from typing import Any
 
-if TYPE_CHECKING:
-    from .history import History
+from .history import History
 
 
 class TrainingDiverged(RuntimeError, ArithmeticError):
@@ -30,7 +29,7 @@ class CheckpointError(ValueError):
     The message is one line naming the file and the problem; ``path`` and ``problem`` hold them.
     """
 
-    def __init__(self, path: str | Path, problem: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
         super().__init__(f"cannot load checkpoint {str(path)!r}: {problem}")
         self.path = str(path)
         self.problem = problem

@@ -1,4 +1,6 @@
-"""The public MLP: construction, training, prediction and checkpoints."""
+"""The public MLP: construction, parameters, prediction; training and checkpoints as thin
+conveniences over ``training.fit`` and ``checkpoint``, which see the model only through the
+public surface listed in ``state.Model``."""
 
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import training
+from . import checkpoint
 from .activations import get_activation
 from .history import History
 from .initializers import initial_weights
 from .network import Network, ParameterLayout, Workspace, forward
-from .outputs import get_output
-from .parallel import BatchParts, Lanes
+from .outputs import OutputLayer, get_output
+from .settings import TrainSettings
+from .state import TrainingState
+from .training import fit
 from .validation import check_features, check_labels
 
 Array = npt.NDArray[np.floating]
@@ -69,6 +73,13 @@ class MLP:
 
     The architecture attributes (layer_sizes, activations, output, init, dtype, seed) are
     read-only. ``metadata`` is a free-form JSON-able dict saved with checkpoints.
+
+    What training and checkpoints work on (never rebound; see ``state.Model``):
+    params: θ: (layout.size,), every layer's [W_l; b_l] block in one flat vector of the
+    model's dtype (``weights`` and ``biases`` are views of it); layout: where each block
+    lives in it; network: the views of it the forward and backward passes use;
+    output_layer: the output activation and its loss. training_state: what continuing the
+    last training run needs (None before training).
     """
 
     def __init__(self, layer_sizes: Sequence[int], *,
@@ -91,13 +102,14 @@ class MLP:
         self.dtype: str = dtype
         self.seed: int = int(seed)
         self.metadata: dict[str, Any] = {}
-        self._np_dtype = DTYPES[dtype]
-        self._output_layer = output_layer
-        self._layout = ParameterLayout(sizes)
+        self._np_dtype: np.dtype = DTYPES[dtype]
+        self.output_layer: OutputLayer = output_layer
+        self.layout: ParameterLayout = ParameterLayout(sizes)
         biases = [np.zeros((1, fan_out)) for fan_out in sizes[1:]]
-        self._params = self._layout.flatten(weights, biases, self._np_dtype)  # never reallocated
-        self._net = Network(self._layout, self._params, [get_activation(n) for n in names])
-        self._training: training.TrainingState | None = None
+        self.params: Array = self.layout.flatten(weights, biases, self._np_dtype)
+        self.network: Network = Network(self.layout, self.params,
+                                        [get_activation(n) for n in names])
+        self.training_state: TrainingState | None = None
 
     # ---- parameters ----------------------------------------------------------------------
 
@@ -105,31 +117,12 @@ class MLP:
     def weights(self) -> list[Array]:
         """W_l: (layer_sizes[l], layer_sizes[l + 1]) per layer, as writable VIEWS of the model's
         parameters (writing into them changes the model; copy them to keep a snapshot)."""
-        return self._layout.weights(self._params)
+        return self.layout.weights(self.params)
 
     @property
     def biases(self) -> list[Array]:
         """b_l: (1, layer_sizes[l + 1]) per layer, as writable VIEWS (see ``weights``)."""
-        return self._layout.biases(self._params)
-
-    def set_parameters(self, weights: Sequence[npt.ArrayLike],
-                       biases: Sequence[npt.ArrayLike]) -> None:
-        """Copy in W_l: (fan_in, fan_out) and b_l: (1, fan_out) (or (fan_out,)) per layer."""
-        if len(weights) != self.n_layers or len(biases) != self.n_layers:
-            raise ValueError(f"expected {self.n_layers} weight matrices and bias vectors, got "
-                             f"{len(weights)} and {len(biases)}")
-        new_weights, new_biases = [], []
-        for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
-            fan_in, fan_out = self.layer_sizes[layer], self.layer_sizes[layer + 1]
-            w, b = np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64)
-            if w.shape != (fan_in, fan_out) or b.reshape(1, -1).shape != (1, fan_out):
-                raise ValueError(f"layer {layer}: expected W {(fan_in, fan_out)} and b "
-                                 f"{(1, fan_out)}, got {w.shape} and {b.shape}")
-            if not (np.isfinite(w).all() and np.isfinite(b).all()):
-                raise ValueError(f"layer {layer}: parameters must be finite")
-            new_weights.append(w)
-            new_biases.append(b.reshape(1, -1))
-        np.copyto(self._params, self._layout.flatten(new_weights, new_biases, self._np_dtype))
+        return self.layout.biases(self.params)
 
     @property
     def n_layers(self) -> int:
@@ -139,12 +132,12 @@ class MLP:
     @property
     def n_classes(self) -> int:
         """Number of classes predicted: 2 for sigmoid, layer_sizes[-1] for softmax."""
-        return self._output_layer.n_classes(self.layer_sizes[-1])
+        return self.output_layer.n_classes(self.layer_sizes[-1])
 
     @property
     def epoch(self) -> int:
         """Epochs completed in the current training run (0 before training)."""
-        return 0 if self._training is None else self._training.epoch
+        return 0 if self.training_state is None else self.training_state.epoch
 
     def __repr__(self) -> str:
         hidden = zip(self.layer_sizes[1:-1], self.activations, strict=True)
@@ -156,86 +149,22 @@ class MLP:
 
     # ---- training ------------------------------------------------------------------------
 
-    def train(self, X: Any, y: Any, *, learning_rate: float, epochs: int,
-              batch_size: int | None = None, optimizer: str = "sgd",
-              optimizer_options: Mapping[str, float | bool] | None = None,
-              weight_decay: float = 0.0, clip: str = "value", clip_value: float = 1.0,
-              validation: tuple[Any, Any] | None = None,
-              early_stopping_patience: int | None = None, shuffle_seed: int | None = None,
+    def train(self, X: Any, y: Any, *, validation: tuple[Any, Any] | None = None,
               callbacks: Sequence[Callable[[int, dict[str, float], MLP], Any]] = (),
-              resume: bool = False, threads: int | None = None) -> History:
+              **settings: Any) -> History:
         """Fit the network by gradient descent on the mean cross-entropy; return the History.
 
-        X: (n_samples, n_features); y: (n_samples,) or (n_samples, 1) class indices 0..k-1.
-        X and y are never modified (mini-batches are gathered from X without copying it whole,
-        so do not change X while training).
-        batch_size: None for full batch (RustNet); an int for mini-batches (the last one may be
-        smaller; above n_samples it means one shuffled batch), reshuffled every epoch by a
-        Generator seeded with shuffle_seed (default: a stream derived from the model seed).
-        optimizer: "sgd", "momentum", "rmsprop", "adam", with optimizer_options (see
-        optimizers.py for names and defaults).
-        weight_decay: L2 penalty wd/2 |W|^2 on weights (not biases): adds wd W to dW.
-        clip: "value" (each gradient into [-clip_value, clip_value], RustNet with 1.0),
-        "norm" (all gradients scaled so their global L2 norm <= clip_value) or "none";
-        applied after weight decay, before the optimiser.
-        validation: (X_val, y_val) evaluated after every epoch; with early_stopping_patience=p,
-        training stops when val_loss has not improved for p epochs and the model returns to
-        its state at the end of the best epoch.
-        callbacks: each called as callback(epoch, metrics, model) after every epoch (epoch is
-        1-based); the model is then consistent and can be saved (if early stopping then ends
-        training, the model is set back to the best epoch after the callbacks ran).
-        resume: False starts at epoch 0 with a fresh optimiser (weights kept). True continues
-        the stored run (epoch counter, optimiser state, shuffle stream) up to a TOTAL of
-        ``epochs``; it must use the same optimizer and options. A model never trained starts
-        fresh. Early-stopping bookkeeping starts over on resuming.
-        threads: how many threads a large batch's parts run on (see parallel.py); None: as
-        many as NumPy's BLAS is limited to (threadpoolctl). The result does not depend on it.
+        ``training.fit(self, X, y, TrainSettings(**settings), validation=validation,
+        callbacks=callbacks)``: ``settings`` are the fields of TrainSettings, documented there
+        (learning_rate and epochs are required, the others have defaults); X: (n_samples,
+        n_features), y: (n_samples,), validation and callbacks as documented in ``fit``.
 
         Raises ValueError for bad arguments or data (the model is then unchanged) and
         TrainingDiverged if the loss or a parameter becomes non-finite. Warns
         (ConvergenceWarning) when the epoch limit is reached while the loss still falls.
         """
-        return training.fit(
-            self, X, y, validation=validation, learning_rate=learning_rate, epochs=epochs,
-            batch_size=batch_size, optimizer=optimizer, optimizer_options=optimizer_options,
-            weight_decay=weight_decay, clip=clip, clip_value=clip_value,
-            early_stopping_patience=early_stopping_patience, shuffle_seed=shuffle_seed,
-            callbacks=callbacks, resume=resume, threads=threads)
-
-    def _loss_and_gradients(self, X: Any, y: Any, *, weight_decay: float = 0.0,
-                            indices: npt.ArrayLike | None = None, parts: int | None = None,
-                            threads: int = 1) -> tuple[float, list[Array], list[Array]]:
-        """Mean loss (+ wd/2 |W|^2) and its gradients, unclipped, on X, y (or rows ``indices``).
-
-        Uses the training code paths (the full-batch layout, or the mini-batch gather when
-        ``indices`` is given; the batch split into ``parts`` run on ``threads``, see
-        parallel.py). Returns (loss, [dW_l: (fan_in, fan_out)], [db_l: (1, fan_out)]).
-        For gradient checks.
-        """
-        data = training.prepare_data(self, X, y)
-        load = None
-        if indices is None:
-            batch = BatchParts(self._net, self._layout, data.n, data.inputs(), data.targets,
-                               parts=parts)
-        else:
-            index = np.asarray(indices, dtype=np.intp)
-            batch = BatchParts(self._net, self._layout, index.size, parts=parts)
-            load = training.gather(batch, data.features, data.target_rows(), index)
-        grads = np.empty_like(self._params)
-        lanes = Lanes(threads)
-        try:
-            loss_sum, _, _ = training.batch_gradient(self._net, self._output_layer, batch, grads,
-                                                     self._layout.blocks(grads), lanes, load)
-        finally:
-            lanes.close()
-        loss = loss_sum / batch.n
-        if weight_decay:
-            decay = self._layout.weight_mask(self._np_dtype) * weight_decay
-            loss += 0.5 * float(np.dot(self._params * decay, self._params))
-            training.add_weight_decay(grads, self._params, decay, np.empty_like(grads))
-        weights = [w.copy() for w in self._layout.weights(grads)]
-        biases = [b.copy() for b in self._layout.biases(grads)]
-        return loss, weights, biases
+        return fit(self, X, y, TrainSettings(**settings), validation=validation,
+                   callbacks=callbacks)
 
     # ---- prediction ----------------------------------------------------------------------
 
@@ -255,10 +184,10 @@ class MLP:
                 m = part.shape[0]
                 if m not in workspaces:
                     inputs = np.ones((self.layer_sizes[0] + 1, m), dtype=self._np_dtype)
-                    workspaces[m] = Workspace(self._net, m, inputs)
+                    workspaces[m] = Workspace(self.network, m, inputs)
                 ws = workspaces[m]
                 ws.inputs[:-1] = part.T
-                logits[:, start:start + m] = forward(self._net, ws)
+                logits[:, start:start + m] = forward(self.network, ws)
         if not np.isfinite(logits).all():
             bad = int(np.argwhere(~np.isfinite(logits))[0][1])
             raise ValueError(
@@ -266,7 +195,7 @@ class MLP:
                 f"{float(np.abs(features).max()):.3g}): the inputs are too large for this "
                 "network, or its parameters are not finite; normalise X")
         with np.errstate(over="ignore"):  # z - max(z) may round to -inf: exp gives 0, correctly
-            proba = self._output_layer.probabilities(logits)
+            proba = self.output_layer.probabilities(logits)
         return np.ascontiguousarray(proba.T)
 
     def predict(self, X: Any, threshold: float = 0.5) -> npt.NDArray[np.int64]:
@@ -274,7 +203,7 @@ class MLP:
         the most probable class (threshold unused)."""
         if not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
-        return self._output_layer.labels(self.predict_proba(X), float(threshold))
+        return self.output_layer.labels(self.predict_proba(X), float(threshold))
 
     def score(self, X: Any, y: Any) -> float:
         """Accuracy of ``predict(X)`` against labels y."""
@@ -287,16 +216,12 @@ class MLP:
     def to_dict(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The JSON-able checkpoint content (see checkpoint.py); metadata defaults to
         ``self.metadata``."""
-        from .checkpoint import to_dict
-
-        return to_dict(self, metadata)
+        return checkpoint.to_dict(self, metadata)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> MLP:
         """A model from ``to_dict`` output; CheckpointError (naming ``source``) if invalid."""
-        from .checkpoint import from_dict
-
-        return from_dict(data, source)
+        return checkpoint.from_dict(data, cls, source)
 
     def save(self, path: str | PathLike[str], metadata: Mapping[str, Any] | None = None) -> None:
         """Write a JSON checkpoint atomically: the file appears complete or not at all.
@@ -306,15 +231,11 @@ class MLP:
         ``self.metadata``; must be JSON-able: str keys, finite numbers). The same model gives
         the same bytes.
         """
-        from .checkpoint import save
-
-        save(self, path, metadata)
+        checkpoint.save(self, path, metadata)
 
     @classmethod
     def load(cls, path: str | PathLike[str]) -> MLP:
         """Read a checkpoint written by ``save``; CheckpointError naming the file and the
         problem if it is missing, truncated, corrupt, of another version or inconsistent.
         The file's metadata becomes ``model.metadata``."""
-        from .checkpoint import load
-
-        return load(path)
+        return checkpoint.load(path, cls)

@@ -1,24 +1,29 @@
 """Forward and backward passes over preallocated buffers: the numerical core of the MLP.
 
-The maths is the textbook one, for layers l = 1..L with activations f_l:
+The maths is the textbook one, for layers l = 0..L-1 with activations f_l, X: (n, d):
 
-    Z_l = A_{l-1} W_l + b_l,   A_l = f_l(Z_l),   A_0 = X
-    dZ_L = (P - Y) / n                      (sigmoid + BCE, softmax + CE; see outputs.py)
-    dW_l = A_{l-1}^T dZ_l,   db_l = sum over samples of dZ_l
-    dZ_{l-1} = (dZ_l W_l^T) * f'_{l-1}(Z_{l-1})      (W_l as before the update)
+    Z_l = A_l W_l + b_l,   A_{l+1} = f_l(Z_l),   A_0 = X      (Z_{L-1}: the logits, no f)
+    dZ_{L-1} = (P - Y) / n                  (sigmoid + BCE, softmax + CE; see outputs.py)
+    dW_l = A_l^T dZ_l,   db_l = sum over samples of dZ_l
+    dZ_{l-1} = (dZ_l W_l^T) * f'_{l-1}(Z_{l-1})       (W_l as before the update)
 
-How it is stored is chosen for speed, because small networks are bound by the number of NumPy
-calls and large ones by passes over memory:
+``plain_forward`` and ``plain_backward`` at the end are these lines written out, samples-major
+and without buffers; the tests check ``forward`` and ``backward`` against them. Those two
+compute the same things, stored for speed, because small networks are bound by the number of
+NumPy calls and large ones by passes over memory:
 
 * Features-by-samples: every array is (units, n_samples), the transpose of the formulas above.
   A hidden layer's rows are then one contiguous block, and broadcasting a row of samples
   (e.g. the output error) is cheap.
 * Biases folded into the weights: layer l is one block theta_l = [W_l; b_l] of shape
   (fan_in + 1, fan_out), and every activation buffer ends with a row of ones, so
-  Z_l = theta_l^T [A_{l-1}; 1] and [dW_l; db_l] = [A_{l-1}; 1] dZ_l^T are one matmul each.
+  Z_l^T = theta_l^T [A_l^T; 1] and [dW_l; db_l] = [A_l^T; 1] dZ_l are one matmul each.
 * One flat vector holds all blocks (and another all gradients), with per-layer views: the
   optimiser, clipping and weight decay then cost a few calls for the whole network.
 * Buffers are allocated once per batch size (Workspace) and everything is written with out=.
+
+So in a Workspace, for layer l: z[l] holds Z_l^T, delta[l] dZ_l^T, a[l - 1] [A_l^T; 1]
+(``inputs`` is [A_0^T; 1] = [X^T; 1]), and a block of the gradient vector [dW_l; db_l].
 """
 
 from __future__ import annotations
@@ -154,37 +159,38 @@ def forward(net: Network, ws: Workspace) -> Array:
     # np.matmul rather than np.dot: the same bits (one BLAS gemm), but with NumPy's OpenBLAS
     # np.dot runs large shapes (many samples, long weight gradients) much slower on several
     # threads; on RustNet's tiny shapes the two cost the same.
-    a = ws.inputs
+    a = ws.inputs  # [A_0^T; 1]
     for block_t, z, activation, a_units, a_next in zip(net.blocks_t, ws.z, net.activations,
                                                         ws.a_units, ws.a, strict=False):
-        np.matmul(block_t, a, out=z)  # Z_l = W^T A + b, bias via the ones row
-        activation.forward_into(z, a_units)
+        np.matmul(block_t, a, out=z)  # Z_l = A_l W_l + b_l (b_l via the ones row)
+        activation.forward_into(z, a_units)  # A_{l+1} = f_l(Z_l)
         a = a_next
-    return np.matmul(net.blocks_t[-1], a, out=ws.z[-1])  # the logits: no activation here
+    return np.matmul(net.blocks_t[-1], a, out=ws.z[-1])  # the logits Z_{L-1}: no f
 
 
 def backward(net: Network, grad_blocks: Sequence[Array], ws: Workspace) -> None:
-    """Given ws.delta[-1] = dLoss/dZ_L, fill grad_blocks[l] = [dW_l; db_l] for every layer.
+    """Given ws.delta[-1] = dLoss/dZ_{L-1}, fill grad_blocks[l] = [dW_l; db_l] for every layer.
 
     ``net`` must still hold the parameters the forward pass used.
     """
-    for layer in range(len(grad_blocks) - 1, 0, -1):
+    for layer in range(len(grad_blocks) - 1, 0, -1):  # l = L-1 down to 1
         delta = ws.delta[layer]
-        np.matmul(ws.a[layer - 1], ws.delta_t[layer], out=grad_blocks[layer])  # [A; 1] dZ^T
+        np.matmul(ws.a[layer - 1], ws.delta_t[layer], out=grad_blocks[layer])  # A_l^T dZ_l
         if layer == 1 and ws.rank_one:
             _first_layer_rank_one(net, delta, ws, grad_blocks[0])
             return
         w = net.weights[layer]  # (units below, units here)
         below = ws.delta[layer - 1]
         if w.shape[1] == 1:
-            # dA = W dZ is an outer product here; a broadcast multiply is faster than a
+            # dZ_l W_l^T is an outer product here; a broadcast multiply is faster than a
             # matmul with an inner dimension of 1.
             np.multiply(w, delta, out=below)
         else:
-            np.matmul(w, delta, out=below)
+            np.matmul(w, delta, out=below)  # dZ_l W_l^T
+        # dZ_{l-1} = (dZ_l W_l^T) * f'_{l-1}(Z_{l-1}), in place
         net.activations[layer - 1].scale_delta(ws.z[layer - 1], ws.a_units[layer - 1], below,
                                                ws.mask[layer - 1])
-    np.matmul(ws.inputs, ws.delta_t[0], out=grad_blocks[0])
+    np.matmul(ws.inputs, ws.delta_t[0], out=grad_blocks[0])  # A_0^T dZ_0
 
 
 def _first_layer_rank_one(net: Network, delta: Array, ws: Workspace, grad: Array) -> None:
@@ -204,3 +210,42 @@ def _first_layer_rank_one(net: Network, delta: Array, ws: Workspace, grad: Array
     np.multiply(ws.inputs, delta, out=scaled_inputs)
     np.matmul(scaled_inputs, ws.deriv0_t, out=grad)
     np.multiply(grad, net.weights_t[1], out=grad)  # column j times w[j]
+
+
+# ---- the plain version -----------------------------------------------------------------------
+
+def plain_forward(weights: Sequence[Array], biases: Sequence[Array],
+                  activations: Sequence[Activation], X: Array) -> tuple[list[Array], list[Array]]:
+    """The forward pass as written in the module docstring, samples-major, for reference.
+
+    weights[l]: W_l (fan_in, fan_out); biases[l]: b_l (1, fan_out); activations[l]: f_l of
+    hidden layer l; X: (n, d). Returns (Z, A): Z[l] = Z_l: (n, fan_out) for every layer
+    (Z[-1] the logits) and A[l] = A_l: (n, fan_in of layer l), A[0] = X.
+    """
+    Z: list[Array] = []
+    A: list[Array] = [X]
+    for layer, (W, b) in enumerate(zip(weights, biases, strict=True)):
+        Z.append(A[layer] @ W + b)  # Z_l = A_l W_l + b_l
+        if layer < len(weights) - 1:
+            A.append(activations[layer].forward(Z[layer]))  # A_{l+1} = f_l(Z_l)
+    return Z, A
+
+
+def plain_backward(weights: Sequence[Array], activations: Sequence[Activation],
+                   Z: Sequence[Array], A: Sequence[Array],
+                   dZ_last: Array) -> tuple[list[Array], list[Array]]:
+    """The backward pass as written in the module docstring, for reference.
+
+    Z, A: from ``plain_forward``; dZ_last: dLoss/dZ_{L-1}: (n, k). Returns ([dW_l: (fan_in,
+    fan_out)], [db_l: (1, fan_out)]).
+    """
+    n_layers = len(weights)
+    dW: list[Array] = [np.empty(0)] * n_layers
+    db: list[Array] = [np.empty(0)] * n_layers
+    dZ = dZ_last
+    for layer in reversed(range(n_layers)):
+        dW[layer] = A[layer].T @ dZ  # dW_l = A_l^T dZ_l
+        db[layer] = dZ.sum(axis=0, keepdims=True)  # db_l = sum over samples of dZ_l
+        if layer > 0:  # dZ_{l-1} = (dZ_l W_l^T) * f'_{l-1}(Z_{l-1})
+            dZ = (dZ @ weights[layer].T) * activations[layer - 1].derivative(Z[layer - 1], A[layer])
+    return dW, db

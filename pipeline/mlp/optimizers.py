@@ -23,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from .validation import lookup
+from .validation import SettingError, lookup
 
 Array = npt.NDArray[np.floating]
 Option = float | bool
@@ -33,8 +33,9 @@ class Optimizer:
     """Base class. Subclasses set ``name``, ``defaults`` and ``state_names``, implement ``_step``.
 
     ``defaults`` maps each option to its default; ``state_names`` lists the per-parameter state
-    arrays (flat, like the parameters). Options are read once, in ``__init__``, into
-    ``self.options``; unknown names and out-of-range values raise ValueError.
+    arrays (flat, like the parameters). Options are read once, in ``__init__`` (through the
+    classmethod ``resolve``), into ``self.options``; unknown names and out-of-range values
+    (the classmethod ``_check_option``) raise ValueError.
     """
 
     name: ClassVar[str] = ""
@@ -42,11 +43,7 @@ class Optimizer:
     state_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, learning_rate: float, options: Mapping[str, Option] | None = None) -> None:
-        if (isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float)
-                or not math.isfinite(learning_rate) or learning_rate <= 0):
-            raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
-        self.learning_rate = float(learning_rate)
-        self.options: dict[str, Option] = self._resolve_options(options or {})
+        self.learning_rate, self.options = self.resolve(learning_rate, options)
         self.step_count = 0
         self.state: dict[str, Array] = {}
         self._scratch: Array = np.empty(0)
@@ -61,7 +58,8 @@ class Optimizer:
         """
         raise NotImplementedError
 
-    def _check_option(self, key: str, value: Option) -> None:
+    @classmethod
+    def _check_option(cls, key: str, value: Option) -> None:
         """Raise ValueError if ``value`` is not allowed for option ``key`` (range checks)."""
 
     # ---- shared machinery ------------------------------------------------------------------
@@ -98,27 +96,37 @@ class Optimizer:
             raise ValueError(f"optimizer step count must be an int >= 0, got {step_count!r}")
         self.step_count = step_count
 
-    def _resolve_options(self, given: Mapping[str, Option]) -> dict[str, Option]:
-        unknown = sorted(set(given) - set(self.defaults))
+    @classmethod
+    def resolve(cls, learning_rate: float,
+                options: Mapping[str, Option] | None = None) -> tuple[float, dict[str, Option]]:
+        """(learning rate, options with the defaults filled in), checked; ValueError naming the
+        first bad value. ``__init__`` runs it, and ``TrainSettings`` runs it without building
+        an optimiser, so that a bad setting fails before training starts."""
+        if (isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float)
+                or not math.isfinite(learning_rate) or learning_rate <= 0):
+            raise SettingError("learning_rate", learning_rate, "a finite number > 0")
+        return float(learning_rate), cls._resolve_options(options or {})
+
+    @classmethod
+    def _resolve_options(cls, given: Mapping[str, Option]) -> dict[str, Option]:
+        unknown = sorted(set(given) - set(cls.defaults))
         if unknown:
-            valid = sorted(self.defaults) or "none"
-            raise ValueError(f"unknown option(s) {unknown} for optimizer {self.name!r}; "
+            valid = sorted(cls.defaults) or "none"
+            raise ValueError(f"unknown option(s) {unknown} for optimizer {cls.name!r}; "
                              f"valid: {valid}")
-        options = dict(self.defaults)
+        options = dict(cls.defaults)
         for key, value in given.items():
-            default = self.defaults[key]
+            default = cls.defaults[key]
             if isinstance(default, bool):
                 if not isinstance(value, bool | np.bool_):
-                    raise ValueError(f"optimizer option {key!r} must be true or false, "
-                                     f"got {value!r}")
+                    raise SettingError(key, value, "true or false")
                 value = bool(value)
             else:
                 if (isinstance(value, bool | np.bool_) or not isinstance(value, int | float)
                         or not math.isfinite(value)):
-                    raise ValueError(f"optimizer option {key!r} must be a finite number, "
-                                     f"got {value!r}")
+                    raise SettingError(key, value, "a finite number")
                 value = float(value)
-            self._check_option(key, value)
+            cls._check_option(key, value)
             options[key] = value
         return options
 
@@ -130,12 +138,12 @@ class Optimizer:
 
 def _fraction(key: str, value: Option) -> None:
     if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"optimizer option {key!r} must be in [0, 1), got {value!r}")
+        raise SettingError(key, value, "in [0, 1)")
 
 
 def _positive(key: str, value: Option) -> None:
     if not float(value) > 0.0:
-        raise ValueError(f"optimizer option {key!r} must be > 0, got {value!r}")
+        raise SettingError(key, value, "> 0")
 
 
 class SGD(Optimizer):
@@ -154,7 +162,8 @@ class Momentum(Optimizer):
     defaults: ClassVar[Mapping[str, Option]] = {"momentum": 0.9, "nesterov": False}
     state_names = ("velocity",)
 
-    def _check_option(self, key: str, value: Option) -> None:
+    @classmethod
+    def _check_option(cls, key: str, value: Option) -> None:
         if key == "momentum":
             _fraction(key, value)
 
@@ -177,7 +186,8 @@ class RMSprop(Optimizer):
     defaults: ClassVar[Mapping[str, Option]] = {"rho": 0.9, "eps": 1e-8}
     state_names = ("square_avg",)
 
-    def _check_option(self, key: str, value: Option) -> None:
+    @classmethod
+    def _check_option(cls, key: str, value: Option) -> None:
         (_fraction if key == "rho" else _positive)(key, value)
 
     def _step(self, grads: Array) -> Array:
@@ -200,7 +210,8 @@ class Adam(Optimizer):
     defaults: ClassVar[Mapping[str, Option]] = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
     state_names = ("m", "v")
 
-    def _check_option(self, key: str, value: Option) -> None:
+    @classmethod
+    def _check_option(cls, key: str, value: Option) -> None:
         (_positive if key == "eps" else _fraction)(key, value)
 
     def _step(self, grads: Array) -> Array:
@@ -238,7 +249,12 @@ def register_optimizer(cls: type[Optimizer], *, overwrite: bool = False) -> type
     return cls
 
 
+def get_optimizer(name: str) -> type[Optimizer]:
+    """The optimiser class called ``name``; ValueError listing the valid names if none."""
+    return lookup(OPTIMIZERS, "optimizer", name)
+
+
 def make_optimizer(name: str, learning_rate: float,
                    options: Mapping[str, Option] | None = None) -> Optimizer:
     """A new optimiser called ``name``; ValueError listing the valid names if none."""
-    return lookup(OPTIMIZERS, "optimizer", name)(learning_rate, options)
+    return get_optimizer(name)(learning_rate, options)

@@ -1,4 +1,9 @@
-"""The training loop behind ``MLP.train``: settings checks, epochs, early stopping, resuming.
+"""The training loop: ``fit(model, X, y, settings)``, behind ``MLP.train``; epochs, early
+stopping, resuming. ``loss_and_gradients`` runs one gradient evaluation through the same code,
+for gradient checks.
+
+A model is seen through its public surface (``state.Model``): training reads the parameter
+vector, its layout, the network views and the output layer, and sets the training state.
 
 Every epoch starts with a snapshot of the state it will change (parameters, optimiser state,
 shuffle generator, epoch counter). If the loss or a parameter turns non-finite, the snapshot
@@ -9,29 +14,28 @@ previous epoch. Early stopping uses the same kind of snapshot to return to the b
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from .clipping import bound_clipper, get_clipper
+from .clipping import bound_clipper
 from .errors import ConvergenceWarning, TrainingDiverged
 from .history import History
 from .network import Network, Workspace, backward, forward
-from .optimizers import Optimizer, make_optimizer
 from .outputs import BatchSums, OutputLayer
 from .parallel import BatchParts, Lanes, blas_limited, plan_threads
+from .settings import TrainSettings
+from .state import Model, TrainingState
 from .validation import check_features, check_labels
 
-if TYPE_CHECKING:
-    from .model import MLP
-
 Array = npt.NDArray[np.floating]
-Callback = Callable[[int, dict[str, float], "MLP"], Any]
+M = TypeVar("M", bound=Model)
+# callback(epoch, metrics, model), after every epoch
+Callback = Callable[[int, dict[str, float], M], Any]
 
 # ConvergenceWarning when the monitored loss still fell by more than TOL within the last
 # WINDOW epochs before the epoch limit (sklearn's tol and n_iter_no_change defaults) and
@@ -44,20 +48,6 @@ CONVERGENCE_ACCURACY = 0.99
 _SHUFFLE_SPAWN_KEY = (1,)
 
 
-@dataclass
-class TrainingState:
-    """What continuing a training run exactly needs; saved in checkpoints."""
-
-    epoch: int  # epochs completed in the current run
-    optimizer: Optimizer
-    shuffle_rng: np.random.Generator
-    shuffle_seed: int | None  # None: derived from the model seed
-    batch_size: int | None
-    weight_decay: float
-    clip: str
-    clip_value: float
-
-
 def shuffle_generator(model_seed: int, shuffle_seed: int | None) -> np.random.Generator:
     """The Generator that orders mini-batches: from shuffle_seed, else from the model seed."""
     if shuffle_seed is not None:
@@ -65,98 +55,18 @@ def shuffle_generator(model_seed: int, shuffle_seed: int | None) -> np.random.Ge
     return np.random.default_rng(np.random.SeedSequence(model_seed, spawn_key=_SHUFFLE_SPAWN_KEY))
 
 
-# ---- settings --------------------------------------------------------------------------------
+# ---- the state to train from -----------------------------------------------------------------
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
-
-
-def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
-    if optional and value is None:
-        return None
-    if not _is_int(value) or value < minimum:
-        kind = f"None or an int >= {minimum}" if optional else f"an int >= {minimum}"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    return int(value)
-
-
-def _check_real(name: str, value: Any, *, positive: bool) -> float:
-    ok = _is_real(value) and math.isfinite(value) and (value > 0 if positive else value >= 0)
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, "
-                         f"got {value!r}")
-    return float(value)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The arguments of ``MLP.train``, checked."""
-
-    learning_rate: float
-    epochs: int
-    batch_size: int | None
-    optimizer: str
-    optimizer_options: dict[str, float | bool]
-    weight_decay: float
-    clip: str
-    clip_value: float
-    patience: int | None
-    shuffle_seed: int | None
-    callbacks: tuple[Callback, ...]
-    resume: bool
-    threads: int | None
-
-    @classmethod
-    def check(cls, *, learning_rate: float, epochs: int, batch_size: int | None, optimizer: str,
-              optimizer_options: Mapping[str, float | bool] | None, weight_decay: float,
-              clip: str, clip_value: float, has_validation: bool,
-              early_stopping_patience: int | None, shuffle_seed: int | None,
-              callbacks: Sequence[Callback], resume: bool, threads: int | None) -> Settings:
-        # Building the optimiser checks its name, the learning rate and the options.
-        make_optimizer(optimizer, learning_rate, optimizer_options)
-        get_clipper(clip)
-        if early_stopping_patience is not None and not has_validation:
-            raise ValueError("early_stopping_patience needs validation data: pass "
-                             "validation=(X_val, y_val)")
-        if isinstance(callbacks, str) or not all(callable(cb) for cb in callbacks):
-            raise ValueError("callbacks must be a sequence of callables "
-                             "callback(epoch, metrics, model)")
-        if not isinstance(resume, bool | np.bool_):
-            raise ValueError(f"resume must be True or False, got {resume!r}")
-        return cls(
-            learning_rate=float(learning_rate),
-            epochs=_check_int("epochs", epochs, 1),  # type: ignore[arg-type]
-            batch_size=_check_int("batch_size", batch_size, 1, optional=True),
-            optimizer=optimizer,
-            optimizer_options=dict(optimizer_options or {}),
-            weight_decay=_check_real("weight_decay", weight_decay, positive=False),
-            clip=clip,
-            clip_value=_check_real("clip_value", clip_value, positive=True),
-            patience=_check_int("early_stopping_patience", early_stopping_patience, 1,
-                                optional=True),
-            shuffle_seed=_check_int("shuffle_seed", shuffle_seed, 0, optional=True),
-            callbacks=tuple(callbacks),
-            resume=bool(resume),
-            threads=_check_int("threads", threads, 1, optional=True),
-        )
-
-
-def start_state(model: MLP, settings: Settings) -> TrainingState:
+def start_state(model: Model, settings: TrainSettings) -> TrainingState:
     """The state to train from: the model's own when resuming, else a fresh one."""
-    prior: TrainingState | None = model._training
-    requested = make_optimizer(settings.optimizer, settings.learning_rate,
-                               settings.optimizer_options)
+    prior = model.training_state
     if settings.resume and prior is not None:
         stored = prior.optimizer
-        if stored.name != requested.name or stored.options != requested.options:
+        if stored.name != settings.optimizer or stored.options != settings.optimizer_options:
             raise ValueError(
                 f"cannot resume: the model was trained with optimizer={stored.name!r} "
-                f"{stored.options}, but train() was given optimizer={requested.name!r} "
-                f"{requested.options}; pass the same optimizer or resume=False")
+                f"{stored.options}, but train() was given optimizer={settings.optimizer!r} "
+                f"{settings.optimizer_options}; pass the same optimizer or resume=False")
         if settings.epochs < prior.epoch:
             raise ValueError(f"cannot resume to epochs={settings.epochs}: the model has already "
                              f"run {prior.epoch} epochs (with resume=True, epochs is the total)")
@@ -170,9 +80,10 @@ def start_state(model: MLP, settings: Settings) -> TrainingState:
             shuffle_seed=prior.shuffle_seed, batch_size=settings.batch_size,
             weight_decay=settings.weight_decay, clip=settings.clip,
             clip_value=settings.clip_value)
-    requested.reset(model._layout.size, model._np_dtype)
+    optimizer = settings.new_optimizer()
+    optimizer.reset(model.layout.size, model.params.dtype)
     return TrainingState(
-        epoch=0, optimizer=requested,
+        epoch=0, optimizer=optimizer,
         shuffle_rng=shuffle_generator(model.seed, settings.shuffle_seed),
         shuffle_seed=settings.shuffle_seed, batch_size=settings.batch_size,
         weight_decay=settings.weight_decay, clip=settings.clip, clip_value=settings.clip_value)
@@ -200,13 +111,14 @@ class Data:
         return np.ascontiguousarray(self.targets.T)
 
 
-def prepare_data(model: MLP, X: Any, y: Any, suffix: str = "") -> Data:
-    """Check X and y against the model; never writes into X or y."""
-    features = check_features(X, model.layer_sizes[0], model._np_dtype, name="X" + suffix)
+def prepare_data(model: Model, X: Any, y: Any, suffix: str = "") -> Data:
+    """Check X: (n, n_features) and y: (n,) against the model; never writes into X or y."""
+    dtype = model.params.dtype
+    features = check_features(X, model.layer_sizes[0], dtype, name="X" + suffix)
     n = features.shape[0]
     labels = check_labels(y, n, model.n_classes, model.output, name="y" + suffix)
     k = model.layer_sizes[-1]
-    return Data(n, features, model._output_layer.encode_targets(labels, k, model._np_dtype))
+    return Data(n, features, model.output_layer.encode_targets(labels, k, dtype))
 
 
 # ---- one gradient ----------------------------------------------------------------------------
@@ -304,7 +216,7 @@ class _Snapshot:
         self._params = np.empty_like(params)
         self._moments = {k: np.empty_like(v) for k, v in state.optimizer.state.items()}
         self._step = self._epoch = 0
-        self._rng: dict[str, Any] | None = None
+        self._rng: Mapping[str, Any] | None = None
 
     def take(self) -> None:
         np.copyto(self._params, self._live_params)
@@ -336,25 +248,26 @@ def _metrics(names: tuple[str, str, str], sums: BatchSums, n: int, k: int) -> di
     return {names[0]: loss_sum / n, names[1]: sq_sum / (n * k), names[2]: n_correct / n}
 
 
-class Loop:
+class Loop(Generic[M]):
     """Runs epochs on one model with one set of settings; see ``run``."""
 
-    def __init__(self, model: MLP, settings: Settings, state: TrainingState, train: Data,
-                 val: Data | None) -> None:
+    def __init__(self, model: M, settings: TrainSettings, state: TrainingState, train: Data,
+                 val: Data | None, callbacks: Sequence[Callback[M]]) -> None:
         self.model, self.settings, self.state = model, settings, state
-        self.params, self.net, self.output = model._params, model._net, model._output_layer
+        self.callbacks = tuple(callbacks)
+        self.params, self.net, self.output = model.params, model.network, model.output_layer
         self.k = model.layer_sizes[-1]
-        dtype = model._np_dtype
+        dtype = self.params.dtype
         self.grads = np.empty_like(self.params)
-        self.grad_blocks = model._layout.blocks(self.grads)
+        self.grad_blocks = model.layout.blocks(self.grads)
         self.clip = bound_clipper(state.clip, state.clip_value, dtype)
         self.decay: Array | None = None
         if state.weight_decay > 0:  # wd on weights only: a flat vector of wd or 0 per entry
-            self.decay = model._layout.weight_mask(dtype) * state.weight_decay
+            self.decay = model.layout.weight_mask(dtype) * state.weight_decay
             self.decay_term = np.empty_like(self.params)
         self.n = train.n
         self.batch_size = None if state.batch_size is None else min(state.batch_size, train.n)
-        net, layout = self.net, model._layout
+        net, layout = self.net, model.layout
         if self.batch_size is None:
             self.full = BatchParts(net, layout, train.n, train.inputs(), train.targets)
             every = [self.full]
@@ -374,7 +287,7 @@ class Loop:
         self.lanes = Lanes(lanes)
         self.snapshot = _Snapshot(self.params, state, with_rng=self.batch_size is not None)
         self.best: _Snapshot | None = None
-        if settings.patience is not None:
+        if settings.early_stopping_patience is not None:
             self.best = _Snapshot(self.params, state, with_rng=True)
 
     def step(self, parts: BatchParts, index: npt.NDArray[np.intp] | None = None,
@@ -448,6 +361,7 @@ class Loop:
         appends = [history.metrics[name].append for name in self._metric_names()]
         append_epoch, on_epoch_end = history.epochs.append, state.optimizer.on_epoch_end
         n, nk = self.n, self.n * self.k
+        patience, callbacks = settings.early_stopping_patience, self.callbacks
         # params . 1 is their sum: inf/nan if any one is (a dot is cheaper than add.reduce)
         ones = np.ones_like(params)
         best_loss = math.inf
@@ -483,10 +397,10 @@ class Loop:
                     best_loss, history.best_epoch = metrics["val_loss"], epoch
                     if self.best is not None:
                         self.best.take()
-                elif (settings.patience is not None and history.best_epoch is not None
-                      and epoch - history.best_epoch >= settings.patience):
+                elif (patience is not None and history.best_epoch is not None
+                      and epoch - history.best_epoch >= patience):
                     stop = True
-            for callback in settings.callbacks:
+            for callback in callbacks:
                 callback(epoch, metrics, self.model)
             if stop:
                 assert self.best is not None
@@ -518,22 +432,79 @@ class Loop:
                 f"{len(recent)} epochs) at {prefix}_accuracy "
                 f"{accuracy[-1] if accuracy else float('nan'):.3f} "
                 f"(< {CONVERGENCE_ACCURACY}); more epochs or a larger learning rate may help",
-                ConvergenceWarning, stacklevel=5)  # points at the MLP.train call
+                ConvergenceWarning, stacklevel=5)  # points at the call to fit (in MLP.train)
 
 
-def fit(model: MLP, X: Any, y: Any, *, validation: tuple[Any, Any] | None,
-        **arguments: Any) -> History:
-    """``MLP.train``: check everything, then run the loop. The model only changes once all
-    checks have passed."""
+def fit(model: M, X: Any, y: Any, settings: TrainSettings, *,
+        validation: tuple[Any, Any] | None = None,
+        callbacks: Sequence[Callback[M]] = ()) -> History:
+    """Fit ``model`` by gradient descent on the mean cross-entropy; return the History.
+
+    X: (n_samples, n_features); y: (n_samples,) or (n_samples, 1) class indices 0..k-1.
+    X and y are never modified (mini-batches are gathered from X without copying it whole,
+    so do not change X while training).
+    settings: how to train (see TrainSettings).
+    validation: (X_val, y_val) evaluated after every epoch (needed for early stopping).
+    callbacks: each called as callback(epoch, metrics, model) after every epoch (epoch is
+    1-based); the model is then consistent and can be saved (if early stopping then ends
+    training, the model is set back to the best epoch after the callbacks ran).
+
+    The model only changes once all checks have passed: ValueError for bad arguments or data
+    leaves it as it was. TrainingDiverged if the loss or a parameter becomes non-finite (see
+    the module docstring). Warns (ConvergenceWarning) when the epoch limit is reached while
+    the loss still falls.
+    """
     if validation is not None and (not isinstance(validation, tuple | list)
                                    or len(validation) != 2):
         raise ValueError("validation must be a pair (X_val, y_val) or None")
-    settings = Settings.check(has_validation=validation is not None, **arguments)
+    if settings.early_stopping_patience is not None and validation is None:
+        raise ValueError("early_stopping_patience needs validation data: pass "
+                         "validation=(X_val, y_val)")
+    if isinstance(callbacks, str) or not all(callable(cb) for cb in callbacks):
+        raise ValueError("callbacks must be a sequence of callables "
+                         "callback(epoch, metrics, model)")
     train = prepare_data(model, X, y)
     val = None if validation is None else prepare_data(model, *validation, suffix="_val")
     state = start_state(model, settings)
-    model._training = state
+    model.training_state = state
     # Overflow on the way to divergence is detected (TrainingDiverged), not warned about; the
     # setting also covers the callbacks, which run inside the loop.
     with np.errstate(over="ignore", invalid="ignore"):
-        return Loop(model, settings, state, train, val).run()
+        return Loop(model, settings, state, train, val, callbacks).run()
+
+
+def loss_and_gradients(model: Model, X: Any, y: Any, *, weight_decay: float = 0.0,
+                       indices: npt.ArrayLike | None = None, parts: int | None = None,
+                       threads: int = 1) -> tuple[float, list[Array], list[Array]]:
+    """Mean loss (+ wd/2 |W|^2) and its gradients, unclipped, on X, y (or rows ``indices``);
+    the model is not changed. For gradient checks.
+
+    Runs the training code paths: the full-batch layout, or the mini-batch gather when
+    ``indices`` is given; the batch split into ``parts`` (default: as training splits it)
+    run on ``threads`` (see parallel.py); weight decay as the loop adds it.
+    Returns (loss, [dW_l: (fan_in, fan_out)], [db_l: (1, fan_out)]), copies.
+    """
+    data = prepare_data(model, X, y)
+    net, layout = model.network, model.layout
+    load = None
+    if indices is None:
+        batch = BatchParts(net, layout, data.n, data.inputs(), data.targets, parts=parts)
+    else:
+        index = np.asarray(indices, dtype=np.intp)
+        batch = BatchParts(net, layout, index.size, parts=parts)
+        load = gather(batch, data.features, data.target_rows(), index)
+    grads = np.empty_like(model.params)
+    lanes = Lanes(threads)
+    try:
+        loss_sum, _, _ = batch_gradient(net, model.output_layer, batch, grads,
+                                        layout.blocks(grads), lanes, load)
+    finally:
+        lanes.close()
+    loss = loss_sum / batch.n
+    if weight_decay:
+        decay = layout.weight_mask(model.params.dtype) * weight_decay
+        loss += 0.5 * float(np.dot(model.params * decay, model.params))
+        add_weight_decay(grads, model.params, decay, np.empty_like(grads))
+    weights = [w.copy() for w in layout.weights(grads)]
+    biases = [b.copy() for b in layout.biases(grads)]
+    return loss, weights, biases

@@ -17,6 +17,16 @@ import numpy.typing as npt
 T = TypeVar("T")
 
 
+class SettingError(ValueError):
+    """A training setting out of range: which one (``name``, the keyword or the optimiser
+    option), the ``value`` given and the ``rule`` it breaks, so that a caller can name the
+    setting its own way (the pipeline says ``optimizer.lr``)."""
+
+    def __init__(self, name: str, value: Any, rule: str) -> None:
+        super().__init__(f"{name} must be {rule}, got {value!r}")
+        self.name, self.value, self.rule = name, value, rule
+
+
 def lookup(registry: Mapping[str, T], kind: str, name: str) -> T:
     """``registry[name]``; ValueError "unknown <kind> 'x'; valid: [...]" if it is not there."""
     try:
