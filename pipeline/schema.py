@@ -5,6 +5,11 @@ dataclasses (OmegaConf rejects unknown keys and wrong types) and then checks val
 in each ``__post_init__``. Every problem becomes a :class:`ConfigError` whose one-line
 message names the key, the value received and what is allowed.
 
+Each setting is defined once: its default in ``conf/`` (these fields are ``MISSING``), an
+optimiser's own options with the core's defaults (:func:`register_optimizer_options`),
+the names a key accepts in the core's registries, and the training values' checks in the
+core's ``TrainSettings`` (:func:`training_settings`).
+
 This module imports neither MLflow nor the stages, so a bad config is reported fast.
 """
 
