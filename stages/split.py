@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,19 +16,6 @@ class Splits:
     train: Dataset
     test: Dataset
     val: Dataset | None
-
-
-def _check_fraction(key: str, value: object, allow_zero: bool) -> float:
-    low = "[0, 1)" if allow_zero else "(0, 1)"
-    ok = (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (0 <= value < 1 if allow_zero else 0 < value < 1)
-    )
-    if not ok:
-        raise DataError(f"{key}: {value!r} is outside {low}; set {key} to a fraction such as 0.2")
-    return float(value)
 
 
 def _sizes(n: int, test_fraction: float, val_fraction: float) -> tuple[int, int, int]:
@@ -111,15 +96,12 @@ def split_dataset(
     last ``round(val_fraction * n)`` rows of that part, so the test split does not depend on
     val_fraction. Stratified: the same sizes, shared out over classes by largest remainder
     after shuffling each class; each split is then shuffled with the same generator.
+    The fractions arrive checked (``pipeline.schema.SplitConfig``: test in (0, 1), val in
+    [0, 1), their sum < 1); what depends on the data (enough rows for each split) is checked
+    here.
     Returns Splits of Datasets: train (n_train, d), test (n_test, d), val (n_val, d) | None.
     """
-    tf = _check_fraction("split.test_fraction", test_fraction, allow_zero=False)
-    vf = _check_fraction("split.val_fraction", val_fraction, allow_zero=True)
-    if tf + vf >= 1:
-        raise DataError(
-            f"split.test_fraction + split.val_fraction = {tf + vf:g} leaves no train rows; "
-            "make their sum less than 1"
-        )
+    tf, vf = test_fraction, val_fraction  # checked by pipeline.schema.SplitConfig
     n = data.n_samples
     n_train, n_val, n_test = _sizes(n, tf, vf)
     context = f"{n} rows is too few for split.test_fraction={tf:g}" + (

@@ -73,6 +73,19 @@ def test_rustnet_csv_preset_points_at_the_diabetes_csv(compose_cfg) -> None:
         ("+model.depth=3", "model.depth", "depth"),
         ("split.val_fraction=0.9", "split.val_fraction", "test_fraction + val_fraction < 1"),
         ("train.early_stopping_patience=5", "train.early_stopping_patience", "val_fraction"),
+        # what the stages no longer check themselves: the schema is the one place
+        ("data.n_samples=1", "data.n_samples", ">= 2"),
+        ("data.n_samples=10.5", "data.n_samples", "10.5"),
+        ("data.noise_std=-0.1", "data.noise_std", ">= 0"),
+        ("data.noise_std=nan", "data.noise_std", ">= 0"),
+        ("data.freq_start=inf", "data.freq_end", "finite"),
+        ("data.freq_end=-1", "data.freq_end", "> data.freq_start"),
+        ("data.seed=-1", "data.seed", "non-negative"),
+        ("split.test_fraction=nan", "split.test_fraction", "(0, 1)"),
+        ("split.val_fraction=-0.1", "split.val_fraction", "[0, 1)"),
+        ("train.threads=0", "train.threads", ">= 1"),
+        ("train.clip_value=0", "train.clip_value", "> 0"),
+        ("optimizer.weight_decay=-1", "optimizer.weight_decay", ">= 0"),
     ],
 )
 def test_bad_values_name_the_key(compose_cfg, override: str, key: str, fragment: str) -> None:

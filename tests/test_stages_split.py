@@ -101,23 +101,6 @@ def test_does_not_modify_input() -> None:
     assert data.digest() == before
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "key"),
-    [
-        ({"test_fraction": 0.0}, "split.test_fraction"),
-        ({"test_fraction": 1.0}, "split.test_fraction"),
-        ({"test_fraction": -0.1}, "split.test_fraction"),
-        ({"test_fraction": float("nan")}, "split.test_fraction"),
-        ({"val_fraction": 1.2}, "split.val_fraction"),
-        ({"val_fraction": -0.1}, "split.val_fraction"),
-        ({"test_fraction": 0.6, "val_fraction": 0.4}, "split.val_fraction"),
-    ],
-)
-def test_bad_fractions_name_the_key(kwargs: dict, key: str) -> None:
-    with pytest.raises(DataError, match=key.replace(".", r"\.")):
-        split_dataset(indexed(np.arange(20) % 2), **kwargs)
-
-
 def test_too_few_rows() -> None:
     with pytest.raises(DataError, match=r"3 rows is too few for split\.test_fraction=0\.7 "
                                         r"\(train would have 0 rows, val 0, test 3\)"):
