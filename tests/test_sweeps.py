@@ -232,10 +232,11 @@ def test_interrupting_a_parallel_sweep_stops_it_cleanly(tmp_path, store, how, co
         while not all(j.exists() and j.stat().st_size > 2000 for j in journals):
             assert process.poll() is None and time.monotonic() < deadline, "no job started"
             time.sleep(0.2)
-        # The parent's first heartbeat is its start; it is refreshed every 15 s.
-        time.sleep(17)
+        # The parent's first heartbeat is its start, over 25 s ago by now; only a refresh
+        # (every 15 s, a little later on a busy machine) keeps it younger than 20 s.
+        time.sleep(25)
         fresh = subprocess.run([sys.executable, "-m", "pipeline.clean_runs", "--uri", store,
-                                "--max-age-minutes", "0.25"], capture_output=True, text=True,
+                                "--max-age-minutes", str(20 / 60)], capture_output=True, text=True,
                                cwd=PROJECT_ROOT, env=env)
         assert "0 stale run(s)" in fresh.stdout, fresh.stdout + fresh.stderr
         if how == "ctrl-c":
