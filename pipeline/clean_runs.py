@@ -3,7 +3,8 @@
 A process killed hard (SIGKILL, power loss) cannot end its MLflow run, which stays
 RUNNING. Runs and sweep parents refresh a heartbeat tag every 15 s while their process
 lives; this marks every RUNNING run whose heartbeat is older than ``--max-age-minutes``
-(default 10) as KILLED. (Its journal can still be sent afterwards: ``make sync``.)
+(default 10) as KILLED, and never one whose heartbeat is younger than three of its
+periods, whatever the age given. (Its journal can still be sent afterwards: ``make sync``.)
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-age-minutes", type=float, default=10.0)
     parser.add_argument("--uri", default=None, help="tracking URI (default: the project store)")
     args = parser.parse_args(argv)
-    from pipeline.tracking.runs import mark_stale_runs
+    from pipeline.tracking.runs import LIVE_WITHIN_S, mark_stale_runs
 
+    if args.max_age_minutes * 60 < LIVE_WITHIN_S:
+        print(f"--max-age-minutes {args.max_age_minutes:g} is below the heartbeat's floor: "
+              f"runs whose heartbeat is younger than {LIVE_WITHIN_S:.0f} s are alive and "
+              "left alone")
     try:
         killed = mark_stale_runs(args.uri, args.max_age_minutes * 60)
     except PipelineError as error:

@@ -19,6 +19,11 @@ from typing import Any
 from pipeline.tracking.journal import now_ms
 
 HEARTBEAT_TAG = "pipeline.heartbeat"
+HEARTBEAT_INTERVAL_S = 15.0  # how often a live run (or sweep parent) refreshes it
+# A run whose heartbeat is younger than this is alive, whatever else says (one refresh may
+# wait ~20 s on a locked sqlite store); older, its process is gone.
+LIVE_WITHIN_S = 3 * HEARTBEAT_INTERVAL_S
+STALE_ERROR = "stale: no heartbeat, marked KILLED"  # the error tag make clean-runs sets
 JOURNAL_ID_TAG = "pipeline.journal_id"
 JOURNAL_TAG = "pipeline.journal"
 SWEEP_TAG = "sweep"  # "parent" on a sweep's parent run
@@ -41,7 +46,8 @@ INCOMPLETE = "incomplete record: the journal holds the rest"  # the error tag, u
 RESUMED_FROM_TAG = "resumed_from"
 RESUMED_CHECKPOINT_TAG = "resumed_from_checkpoint"
 # Read back by reruns: the data, the result files and the environment.
-DIGEST_TAGS = ("data_digest", "data.train_digest", "data.test_digest", "checkpoint_sha256",
+DATA_DIGEST_TAG = "data_digest"  # the raw data set's digest (stages.dataset.Dataset.digest)
+DIGEST_TAGS = (DATA_DIGEST_TAG, "data.train_digest", "data.test_digest", "checkpoint_sha256",
                "predictions_sha256")
 ENVIRONMENT_TAGS = ("python_version", "platform", "blas", "blas_threads", "git_commit",
                     "git_dirty")
@@ -144,7 +150,7 @@ def spec_records(spec: RunSpec) -> list[dict[str, Any]]:
 
 
 def data_records(data: DataSummary) -> list[dict[str, Any]]:
-    tags = {"data_digest": data.data_digest, "data.train_digest": data.train_digest,
+    tags = {DATA_DIGEST_TAG: data.data_digest, "data.train_digest": data.train_digest,
             "data.test_digest": data.test_digest,
             **{f"cache.{stage}": "hit" if hit else "miss"
                for stage, hit in data.cache_hits.items()}}
@@ -206,11 +212,12 @@ def artifact_records(outcome: RunOutcome) -> list[dict[str, Any]]:
     return [{"k": "artifacts", "path": str(outcome.artifact_dir), "dest": None}]
 
 
-def partial_records(checkpoints: Path | None) -> list[dict[str, Any]]:
-    """What a failed or interrupted run keeps: the checkpoints written so far."""
-    if checkpoints is not None and checkpoints.is_dir() and any(checkpoints.glob("*.json")):
-        return [{"k": "artifacts", "path": str(checkpoints), "dest": "checkpoints"}]
-    return []
+def partial_records(checkpoints: Sequence[Path]) -> list[dict[str, Any]]:
+    """What a failed or interrupted run keeps: the checkpoints it wrote (never whatever else
+    lies in its folder), one record per file, newest first, so that a store that gets only
+    some of them before the process exits has the one a resume needs."""
+    return [{"k": "artifacts", "path": str(path), "dest": "checkpoints"}
+            for path in reversed(checkpoints) if path.is_file()]
 
 
 def end_record(status: str, error: str | None, *, last_epoch: int | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import tempfile
 import time
@@ -18,10 +19,12 @@ from pipeline.tracking.store import Store, end_run, open_store
 
 if TYPE_CHECKING:
     import pandas as pd
+    from mlflow.entities import Run
 
 log = logging.getLogger("pipeline.tracking")
 
 CHECKPOINT_NAME = re.compile(r"epoch_(\d+)\.json")
+LIVE_WITHIN_S = names.LIVE_WITHIN_S  # younger heartbeats are live runs: never touched
 
 
 @dataclass(frozen=True)
@@ -208,13 +211,15 @@ def fetch_checkpoint(uri: str | None, run_id: str, folder: Path) -> tuple[Path, 
 
 
 def mark_stale_runs(uri: str | None, max_age_s: float) -> list[str]:
-    """End as KILLED every RUNNING run whose heartbeat is older than ``max_age_s``.
+    """End as KILLED every RUNNING run whose heartbeat is older than ``max_age_s``, and
+    never one younger than :data:`LIVE_WITHIN_S`, whatever ``max_age_s`` says.
 
     A SIGKILLed process cannot end its own run; this is the clean-up for that. Live runs
     and live sweep parents refresh their heartbeat every 15 s, so they are never touched.
     """
     from mlflow.entities import RunStatus
 
+    max_age_s = max(max_age_s, LIVE_WITHIN_S)
     store = open_store(uri)
     client = store.client
     now = time.time()
@@ -224,12 +229,21 @@ def mark_stale_runs(uri: str | None, max_age_s: float) -> list[str]:
             [e.experiment_id], filter_string="attributes.status = 'RUNNING'",
             max_results=5000))
         for run in runs:
-            beat = run.data.tags.get(names.HEARTBEAT_TAG)
-            last = float(beat) if beat else run.info.start_time / 1000
-            if now - last > max_age_s:
+            if now - last_heartbeat(run) > max_age_s:
                 run_id = run.info.run_id
                 store.call("tag a stale run", lambda r=run_id: client.set_tag(
-                    r, names.ERROR_TAG, "stale: no heartbeat, marked KILLED"))
+                    r, names.ERROR_TAG, names.STALE_ERROR))
                 end_run(store, run_id, RunStatus.to_string(RunStatus.KILLED))
                 killed.append(run_id)
     return killed
+
+
+def last_heartbeat(run: Run) -> float:
+    """When a run last showed it was alive (unix seconds): its heartbeat tag, else (none, or
+    not a number) its start."""
+    beat = run.data.tags.get(names.HEARTBEAT_TAG)
+    try:
+        last = float(beat)
+    except (TypeError, ValueError):
+        return run.info.start_time / 1000
+    return last if math.isfinite(last) else run.info.start_time / 1000

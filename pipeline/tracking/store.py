@@ -1,8 +1,12 @@
 """The MLflow store: opened once per process, every write retried or idempotent.
 
-:func:`open_store` points MLflow at a tracking URI and checks that it answers. A new
-sqlite file is created (its schema migrated) under a file lock, so any number of
-runs, sweeps and ``make ui`` started at once on a new store all find it whole.
+:func:`open_store` points MLflow at a tracking URI and checks that it answers. A sqlite
+store path holds a regular sqlite file or nothing: anything else is refused, and a file
+there is never replaced. A new store is made beside its path and linked into place under
+a file lock, so it appears whole: any number of runs, sweeps, ``make ui`` and plain MLflow
+clients started at once on a new store all find it whole. A whole store is opened without
+the lock or any other write beside it (a read-only folder will do); one that another
+process is still building is waited for.
 
 Every call goes through :meth:`Store.call`, which sorts failures into three kinds:
 
@@ -17,14 +21,19 @@ Every call goes through :meth:`Store.call`, which sorts failures into three kind
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import logging
 import os
 import shutil
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -49,6 +58,8 @@ log = logging.getLogger("pipeline.tracking")
 # failing store is reported once, in one line, by this package.
 logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+# SQLAlchemy logs a traceback for a cursor that Ctrl-C left open; the store calls report.
+logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
 T = TypeVar("T")
 
 TRANSIENT = ("database is locked", "database table is locked", "connection refused",
@@ -141,16 +152,177 @@ def explain(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _schema_lock(uri: str) -> Iterator[None]:
-    """Held while a process opens a sqlite store: its schema is created or upgraded by
-    one process at a time. A no-op for other stores (a server migrates its own)."""
-    db = sqlite_path(uri)
-    if db is None:
-        yield
-        return
+def _schema_lock(db: Path) -> Iterator[None]:
+    """Held while a process creates, upgrades or repairs the sqlite store ``db``: one
+    process at a time. Opening a whole store does not take it (nor write anything)."""
     db.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(Path(f"{db}-lock")):
         yield
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+# A store path that is not whole is left alone until it has not changed for this long:
+# another process (a plain MLflow client migrates a new file in place, with no lock) may
+# be building it. Such a client wrote at least every 1.3 s here, beside 3 busy loops on
+# 2 cores; a quiet store after this is one that nobody builds.
+QUIET_S = 5.0
+SETTLE_BUDGET_S = 120.0  # a store that changes all along without becoming whole: refused
+POLL_S = 0.05
+FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO (named pipe)"),
+              (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+              (stat.S_ISSOCK, "socket"))
+NEW_PATH = "point tracking.uri at an MLflow store, or at a new path to create one"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A sqlite file's tables and alembic revision (None: no single revision row)."""
+
+    tables: frozenset[str]
+    revision: str | None
+
+    @property
+    def migration_copies(self) -> list[str]:
+        return sorted(t for t in self.tables if t.startswith("_alembic_tmp_"))
+
+
+def _refused(db: Path, what: str, fix: str = NEW_PATH) -> StoreError:
+    return StoreError(f"tracking.uri: {db} {what}; {fix}")
+
+
+def _store_file(db: Path) -> os.stat_result | None:
+    """The status of the store's file (None: nothing there). Anything but a regular file
+    (a directory, device, FIFO, socket, dangling link) never becomes a store: refused."""
+    try:
+        info = db.stat()
+    except FileNotFoundError:
+        if db.is_symlink():
+            raise _refused(db, f"is a symbolic link to {os.readlink(db)}, which does not "
+                               "exist") from None
+        return None
+    if stat.S_ISREG(info.st_mode):
+        return info
+    kind = next((name for test, name in FILE_KINDS if test(info.st_mode)), "special file")
+    fix = (f"point tracking.uri at a file in it, e.g. sqlite:///{db / 'mlflow.db'}"
+           if stat.S_ISDIR(info.st_mode) else NEW_PATH)
+    raise _refused(db, f"is a {kind}, not an MLflow store", fix)
+
+
+def _read_schema(db: Path) -> Schema:
+    """The tables and revision of the regular file ``db``, read through a read-only
+    connection: nothing is written in or beside it. A file that is not SQLite is refused."""
+    with open(db, "rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if not header:
+        return Schema(frozenset(), None)
+    if header != SQLITE_HEADER:
+        raise _refused(db, "is not an SQLite database, so not an MLflow store (left as it is)")
+    with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True,
+                                            timeout=10)) as con:
+        tables = frozenset(row[0] for row in con.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"))
+        rows = (con.execute("SELECT version_num FROM alembic_version").fetchall()
+                if "alembic_version" in tables else [])
+    return Schema(tables, rows[0][0] if len(rows) == 1 else None)
+
+
+def _every_table(tables: frozenset[str]) -> bool:
+    """Whether ``tables`` holds every table of this MLflow's models (what MLflow checks
+    before it migrates a store itself)."""
+    import mlflow.store.db.utils  # noqa: F401  (registers every model's table)
+    from mlflow.store.db.base_sql_model import Base
+
+    return set(Base.metadata.tables) <= tables
+
+
+def _ready_to_open(db: Path) -> bool:
+    """Whether MLflow may open ``db`` without the lock: a store with every table and no
+    copy left by a migration. Opening it then migrates nothing; whether its revision is
+    this MLflow's head, MLflow checks as it opens it."""
+    info = _store_file(db)
+    if info is None or info.st_size == 0:
+        return False
+    try:
+        schema = _read_schema(db)
+    except sqlite3.OperationalError as error:  # locked all along by a writer: a migration?
+        if kind_of(error) != "transient":
+            raise
+        return False
+    return _every_table(schema.tables) and not schema.migration_copies
+
+
+def _stamp(db: Path, info: os.stat_result) -> tuple:
+    """Changes whenever the store's file or its rollback journal or WAL does."""
+    sides = []
+    for suffix in ("-journal", "-wal"):
+        try:
+            side = os.stat(f"{db}{suffix}")
+            sides.append((side.st_size, side.st_mtime_ns))
+        except OSError:
+            sides.append(None)
+    return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, *sides
+
+
+def _settle(db: Path, uri: str) -> None:
+    """Under the schema lock: make ``db`` a whole store at this MLflow's head, or refuse.
+
+    Absent, it is created (whole, in one step). Present but not whole, another process may
+    be building it (see :data:`QUIET_S`): it is left alone until it is whole, or until it
+    has not changed for ``QUIET_S``; then an MLflow store is repaired and upgraded, and
+    anything else refused. A file that is there is never replaced.
+    """
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    head = _get_latest_schema_revision()
+    deadline = time.monotonic() + SETTLE_BUDGET_S
+    seen: tuple | None = None
+    since = time.monotonic()
+    while True:
+        info = _store_file(db)
+        if info is None:
+            if _create_sqlite_store(db):
+                return
+            continue  # another process made the file first: it is waited for like any other
+        try:
+            schema: Schema | None = _read_schema(db)
+        except sqlite3.OperationalError as error:  # a writer holds it: it is changing
+            if kind_of(error) != "transient":
+                raise
+            schema = None
+        if schema is not None and schema.revision == head and not schema.migration_copies:
+            return
+        now = time.monotonic()
+        state = (_stamp(db, info), schema)
+        if seen is None:
+            log.info("the MLflow store %s is not whole: waiting until another process has "
+                     "built it, or it stays unchanged for %.0f s", db, QUIET_S)
+        if schema is None or state != seen:
+            seen, since = state, now
+        elif now - since >= QUIET_S:
+            _complete(db, uri, schema)
+            return
+        if now > deadline:
+            raise _refused(db, f"was still being changed by another process after "
+                               f"{SETTLE_BUDGET_S:.0f} s without becoming a whole MLflow store",
+                           "try again once that process is done")
+        time.sleep(POLL_S)
+
+
+def _complete(db: Path, uri: str, schema: Schema) -> None:
+    """Bring a store that nobody else is building to this MLflow's head: an older MLflow's
+    store, or one whose migration was cut short. A file that is no MLflow store is refused."""
+    if not schema.tables:
+        # Empty is what a client creating a store shows first (sqlite makes the file as it
+        # connects, the schema follows), hence the wait. Nobody wrote one within QUIET_S:
+        # it is a file someone else made, not ours to fill or to replace.
+        raise _refused(db, f"is empty, and no process made it an MLflow store within "
+                           f"{QUIET_S:.0f} s", "delete it to create a new store there, or "
+                           "point tracking.uri elsewhere")
+    if not {"experiments", "alembic_version"} & schema.tables:
+        shown = ", ".join(sorted(schema.tables)[:5])
+        raise _refused(db, f"is an SQLite database but not an MLflow store (tables: {shown})")
+    _repair_interrupted_migration(db)
+    _upgrade_schema(uri, from_scratch="alembic_version" not in schema.tables)
 
 
 def _repair_interrupted_migration(db: Path) -> None:
@@ -177,15 +349,16 @@ def _repair_interrupted_migration(db: Path) -> None:
         con.commit()
 
 
-def _create_sqlite_store(db: Path) -> None:
-    """Create a new store's schema in a temporary file beside ``db``, then rename it into
-    place: a process killed mid-way leaves no half-made store (MLflow migrates a new file in
-    place, ~70 steps, and a store cut short there stays broken).
+def _create_sqlite_store(db: Path) -> bool:
+    """Create a new store's schema in a temporary file beside ``db``, then link it into
+    place: the store appears whole or not at all (MLflow migrates a new file in place, ~70
+    steps, and a store cut short there stays broken). False if a file appeared at ``db``
+    meanwhile: it is never replaced (a plain MLflow client may be building it).
 
     The migrated empty schema is kept in the project's cache (one file per MLflow version)
     and copied for the next new store: migrating takes seconds, a copy milliseconds.
     """
-    for stale in db.parent.glob(f".{db.name}.*.new"):  # left by a killed creation
+    for stale in db.parent.glob(f".{glob.escape(db.name)}.*.new"):  # a killed creation's
         stale.unlink(missing_ok=True)
     tmp = db.with_name(f".{db.name}.{os.getpid()}.new")
     template = schema_template()
@@ -193,9 +366,25 @@ def _create_sqlite_store(db: Path) -> None:
         if not _copy_template(template, tmp):
             _migrate_new(tmp)
             _keep_template(tmp, template)
-        os.replace(tmp, db)
+        return _link_new(tmp, db)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _link_new(tmp: Path, db: Path) -> bool:
+    """Give ``tmp`` the name ``db`` unless something has it: a hard link fails on an
+    existing name, where a rename would replace it. False if ``db`` exists."""
+    try:
+        os.link(tmp, db)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        raise _refused(db, f"cannot be created safely: its file system does not link files "
+                           f"({error.strerror})", "put the store on another file system"
+                       ) from None
+    return True
 
 
 def schema_template() -> Path:
@@ -261,13 +450,26 @@ def _open_client(uri: str) -> MlflowClient:
     return client
 
 
-def _upgrade_schema(uri: str) -> None:
-    """Bring a sqlite store's schema to this MLflow's head (what ``mlflow db upgrade`` does)."""
-    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
+def _upgrade_schema(uri: str, *, from_scratch: bool = False) -> None:
+    """Bring a sqlite store's schema to this MLflow's head (what ``mlflow db upgrade`` does);
+    ``from_scratch``: a store whose migrations never started (MLflow's first tables only,
+    or some of them) is given the rest the way MLflow initialises a new one."""
+    from mlflow.store.db.utils import (
+        _initialize_tables,
+        _upgrade_db,
+        create_sqlalchemy_engine_with_retry,
+    )
 
     engine = create_sqlalchemy_engine_with_retry(uri)
     try:
-        _upgrade_db(engine)
+        (_initialize_tables if from_scratch else _upgrade_db)(engine)
+    except PROGRAMMING_ERRORS:
+        raise
+    except Exception as error:  # alembic's and SQLAlchemy's own errors among them
+        raise StoreError(f"tracking.uri: cannot upgrade the MLflow store at {uri} to MLflow "
+                         f"{mlflow.__version__}'s schema: {explain(error)}; upgrade it with "
+                         "`mlflow db upgrade <uri>` after a backup, or point tracking.uri "
+                         "elsewhere") from None
     finally:
         engine.dispose()
 
@@ -317,29 +519,65 @@ def import_sql_store() -> None:
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
 
+def check_uri(uri: str) -> None:
+    """Raise :class:`StoreError` (one line) for a tracking URI that does not parse (MLflow
+    would fail deep inside with ``ValueError: Invalid IPv6 URL``)."""
+    try:
+        urlsplit(uri).port  # noqa: B018  (parsing the host and port is what can fail)
+    except ValueError as error:
+        raise StoreError(f"tracking.uri: {uri} is not a valid URI ({error}); write it as "
+                         "http://host:port (an IPv6 host in brackets: http://[::1]:5000) "
+                         "or sqlite:///<path>") from None
+
+
+def _missing_driver(uri: str, error: ModuleNotFoundError) -> StoreError:
+    """The one line for a store whose database driver is not installed."""
+    module = error.name or str(error)
+    scheme, _, rest = uri.partition("://")
+    fix = f"install the Python package that provides {module}"
+    if scheme == "postgresql":  # SQLAlchemy 2.1 reads it as psycopg 3; the project pins 2
+        fix = (f"write postgresql+psycopg2://{rest} (psycopg2-binary, which the project "
+               "installs) or install psycopg[binary]")
+    return StoreError(f"tracking.uri: cannot open the MLflow store at {uri}: its database "
+                      f"driver {module} is not installed; {fix}")
+
+
+def _prepare_sqlite(db: Path, uri: str) -> None:
+    """Make sure MLflow can open the sqlite store ``db`` without migrating anything: a
+    whole store is opened as it is, without the lock; any other one is settled under it."""
+    if not _ready_to_open(db):
+        with _schema_lock(db):
+            _settle(db, uri)
+
+
 def open_store(uri: str | None, *, budget_s: float = 30.0) -> Store:
     """Point MLflow at ``uri`` (default: the project's store) and check that it answers.
 
-    A sqlite store is created, upgraded or repaired under a lock beside its file. Raises
-    :class:`StoreError` naming the URI, before any work starts, when the store does not
-    answer.
+    A whole sqlite store is opened as it is: nothing is written beside it (a read-only
+    folder will do). A new one is created whole, under a lock beside its file; one that is
+    not whole is waited for while another process builds it, then upgraded or repaired, or
+    refused when it is no store. Raises :class:`StoreError` naming the URI, before any work
+    starts, when the store cannot be opened or does not answer.
     """
     resolved = store_uri(uri)
+    check_uri(resolved)
     mlflow.set_tracking_uri(resolved)
     db = sqlite_path(resolved)
     try:
-        with _schema_lock(resolved):
-            if db is not None and (not db.exists() or db.stat().st_size == 0):
-                _create_sqlite_store(db)
-            elif db is not None:
-                _repair_interrupted_migration(db)
-            try:
-                client = _open_client(resolved)
-            except MlflowException as error:
-                if db is None or "out-of-date database schema" not in str(error):
-                    raise
-                _upgrade_schema(resolved)  # an older MLflow's store, or a migration cut short
-                client = _open_client(resolved)
+        if db is not None:
+            _prepare_sqlite(db, resolved)
+        try:
+            client = _open_client(resolved)
+        except MlflowException as error:
+            if db is None or "out-of-date database schema" not in str(error):
+                raise
+            # Every table, another revision: an older MLflow's store, or one a plain
+            # MLflow client is still migrating.
+            with _schema_lock(db):
+                _settle(db, resolved)
+            client = _open_client(resolved)
+    except ModuleNotFoundError as error:
+        raise _missing_driver(resolved, error) from None
     except (OSError, sqlite3.Error) as error:
         raise StoreError(f"tracking.uri: cannot open the MLflow store at {resolved}: "
                          f"{explain(error)}; point tracking.uri at a writable store") from None
