@@ -138,7 +138,7 @@ class Shipper:
     def _single_metrics(self, record: Mapping[str, Any]) -> list[Metric]:
         name, digest = record.get("dataset") or (None, None)
         model_id = self.model_id if record.get("of_model") else None
-        return [Metric(key, float(value), int(record["time_ms"]), int(record.get("step", 0)),
+        return [Metric(key, float(value), int(record["time_ms"]), int(record.get("step") or 0),
                        model_id=model_id, dataset_name=name, dataset_digest=digest)
                 for key, value in record["values"].items()]
 
@@ -170,6 +170,8 @@ class Shipper:
                         lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
     def _apply_model(self, record: Mapping[str, Any]) -> None:
+        if not Path(record["checkpoint"]).is_file():
+            return  # a cleaned outputs folder: nothing left to log the model from
         existing = logged_model_id(self.store, self.experiment_id, self.run_id,
                                    budget_s=self.budget_s)
         self.model_id = existing or log_model(
@@ -208,7 +210,9 @@ class Shipper:
         if error:
             self._log({}, {names.ERROR_TAG: str(error)}, [])
         run = self._call("read the run", lambda: self.client.get_run(self.run_id))
-        if not error and run.data.tags.get(names.ERROR_TAG, "").startswith(names.INCOMPLETE):
+        if not error and names.ERROR_TAG in run.data.tags:
+            # "incomplete record" until now, or a status someone else gave it (clean-runs
+            # took it for dead): the run's own end holds.
             self._call("clear the run's error", lambda: self.client.delete_tag(
                 self.run_id, names.ERROR_TAG))
         if run.info.status != status or run.info.end_time is None:

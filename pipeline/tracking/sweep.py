@@ -3,7 +3,10 @@
 
 Like a run, the parent has a journal (``<sweep dir>/journal.jsonl``): with
 ``tracking.mode=offline`` it is the whole parent, and ``pipeline.sync`` of the sweep
-folder creates it, sends every job under it and writes the summary.
+folder creates it, sends every job under it and writes the summary. Its end record keeps
+how the sweep ended besides its jobs (:class:`ParentEnding`: interrupted, stopped early,
+jobs not started), so that a sync that sends a job later decides the parent's status
+with the new counts exactly as the sweep would have.
 
 The jobs ask the store two things here before they start: whether their configuration
 already finished under the parent (a resumed sweep keeps it) and how many jobs failed
@@ -16,10 +19,12 @@ import contextlib
 import fcntl
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.tracking import record as names
@@ -40,12 +45,10 @@ from pipeline.tracking.store import (
     open_store,
     store_uri,
 )
-from pipeline.tracking.summary import Summary, summarise
+from pipeline.tracking.summary import Counts, Summary, summarise
 
 log = logging.getLogger("pipeline.sweep")
 
-# A parent whose heartbeat (every 15 s) is older than this belongs to a sweep that died.
-ALIVE_WITHIN_S = 45.0
 COMPARE_AT_MOST = 50  # runs on the printed compare page
 
 
@@ -125,7 +128,7 @@ def _alive(tags: Mapping[str, str]) -> bool:
         except OSError:
             pass
     beat = tags.get(names.HEARTBEAT_TAG)
-    return beat is not None and time.time() - float(beat) < ALIVE_WITHIN_S
+    return beat is not None and time.time() - float(beat) < names.LIVE_WITHIN_S
 
 
 def finished_child(uri: str | None, parent_id: str, digest: str, *, wait_s: float = 60.0
@@ -304,19 +307,12 @@ class SweepParent:
                 error = f"summary failed: {type(problem).__name__}: {problem}"
                 log.warning("%s", error, exc_info=True)
         counts = summary.counts if summary is not None else None
-        failed = (aborted or error is not None or not_started > 0
-                  or (counts is not None and counts.failed > 0))
-        status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
-        if counts is not None and counts.failed and not interrupted:
-            error = f"{counts.failed} job(s) failed"
-        if not_started and not interrupted:
-            error = (f"{error or 'jobs failed'}; sweep.max_failures={max_failures} reached: "
-                     f"{not_started} job(s) not started")
-        if interrupted:
-            error = "sweep interrupted" + (
-                f": {counts.children} job(s) started, {counts.killed} killed" if counts else "")
+        ending = ParentEnding(aborted=aborted, interrupted=interrupted,
+                              not_started=not_started, max_failures=max_failures)
+        status, error = ending.outcome(counts, summary_error=error)
         with contextlib.suppress(OSError):
-            self.journal.append(names.end_record(status, error))
+            self.journal.append(ending.record(status, error, counts))
+        with contextlib.suppress(OSError):
             self.journal.close()
         self._alive.close()
         if self.store is not None and self.run_id is not None:
@@ -330,16 +326,81 @@ class SweepParent:
         return summary
 
 
-def end_parent(store: Store, run_id: str, status: str, error: str | None) -> bool:
-    """Set the parent's final status (and error); False (and a log line) if the store
-    failed."""
+@dataclass(frozen=True)
+class ParentEnding:
+    """How a sweep ended, apart from its children: what decides the parent's status with
+    the children's counts. Kept in the parent's ``end`` record, so that ``pipeline.sync``
+    decides the same way when a child's status changes later."""
+
+    aborted: bool = False  # the sweep stopped early (a job ended it)
+    interrupted: bool = False  # Ctrl-C or SIGTERM, or the launcher died
+    not_started: int = 0  # jobs sweep.max_failures kept from starting
+    max_failures: int | None = None
+    died: bool = False  # no end record: the launcher was killed
+
+    @classmethod
+    def of(cls, end: Mapping[str, Any] | None) -> ParentEnding:
+        """The ending an ``end`` record holds (None: the launcher died before writing one;
+        older records without the fields: read from the error)."""
+        if end is None:
+            return cls(interrupted=True, died=True)
+        not_started = end.get("not_started")
+        if not_started is None:
+            found = re.search(r"(\d+) job\(s\) not started", str(end.get("error") or ""))
+            not_started = int(found.group(1)) if found else 0
+        return cls(aborted=bool(end.get("aborted")), interrupted=end["status"] == "KILLED",
+                   not_started=int(not_started), max_failures=end.get("max_failures"))
+
+    def outcome(self, counts: Counts | None, *, summary_error: str | None = None
+                ) -> tuple[str, str | None]:
+        """The parent's status and error, given its children's ``counts`` (None: unknown,
+        the store failed or the sweep ran offline)."""
+        failed = (self.aborted or summary_error is not None or self.not_started > 0
+                  or (counts is not None and counts.failed > 0))
+        status = "KILLED" if self.interrupted else "FAILED" if failed else "FINISHED"
+        error = summary_error
+        if self.interrupted:
+            what = ("the sweep's process ended without closing it (killed?)" if self.died
+                    else "sweep interrupted")
+            return status, what + (
+                f": {counts.children} job(s) started, {counts.killed} killed" if counts else "")
+        if counts is not None and counts.failed:
+            error = f"{counts.failed} job(s) failed"
+        if self.not_started:
+            error = (f"{error or 'jobs failed'}; sweep.max_failures={self.max_failures} "
+                     f"reached: {self.not_started} job(s) not started")
+        if self.aborted and error is None:
+            error = "the sweep stopped before its end (see its output)"
+        return status, error
+
+    def record(self, status: str, error: str | None, counts: Counts | None
+               ) -> dict[str, Any]:
+        """The parent's ``end`` record."""
+        record = {**names.end_record(status, error), "aborted": self.aborted,
+                  "not_started": self.not_started, "max_failures": self.max_failures}
+        if counts is not None:
+            record["counts"] = {"children": counts.children, "failed": counts.failed,
+                                "killed": counts.killed}
+        return record
+
+
+def end_parent(store: Store, run_id: str, status: str, error: str | None, *,
+               end_time: int | None = None) -> bool:
+    """Set the parent's final status and error (no error: no ``error`` tag); False (and a
+    log line) if the store failed."""
     from mlflow.entities import RunTag
 
     try:
         if error:
             store.call("tag the sweep's parent run", lambda: store.client.log_batch(
                 run_id, tags=[RunTag(names.ERROR_TAG, error[:8000])]), budget_s=10.0)
-        end_run(store, run_id, status, budget_s=10.0)
+        else:
+            run = store.call("read the sweep's parent run", lambda: store.client.get_run(
+                run_id), budget_s=10.0)
+            if names.ERROR_TAG in run.data.tags:
+                store.call("clear the sweep's error", lambda: store.client.delete_tag(
+                    run_id, names.ERROR_TAG), budget_s=10.0)
+        end_run(store, run_id, status, end_time=end_time, budget_s=10.0)
     except StoreError as problem:
         log.warning("%s", problem)
         return False
