@@ -2,15 +2,34 @@
 
 A config error is reported before MLflow is even imported; user errors print one
 line and exit 1 (``HYDRA_FULL_ERROR=1`` shows the traceback); Ctrl-C and SIGTERM
-end the MLflow run KILLED and exit 130 / 143.
+end the MLflow run KILLED and exit 130 / 143, with one line saying where the run's
+record is (or that no run had started yet).
 """
 
+# ruff: noqa: E402  (the signal handlers go in before the imports, which take a second)
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+NOTHING_RECORDED = "before any run started; nothing was recorded"
+
+
+def _stopped_while_importing(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM while Python still imports the app: nothing exists to close yet."""
+    word = "terminated" if signum == signal.SIGTERM else "interrupted"
+    os.write(2, f"\n{word} {NOTHING_RECORDED}\n".encode())
+    os._exit(143 if signum == signal.SIGTERM else 130)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, _stopped_while_importing)
+    signal.signal(signal.SIGTERM, _stopped_while_importing)
+
+import errno
 import gc
 import logging
-import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -61,6 +80,7 @@ def main(cfg: DictConfig) -> float | None:
         if skip is not None:
             logging.getLogger("pipeline").info("%s", skip.message)
             return skip.value
+        raise_if_stopping()  # an interrupt Python dropped: raised before the run starts
         result = run(
             config,
             output_dir=output_dir,
@@ -76,6 +96,9 @@ def main(cfg: DictConfig) -> float | None:
             # The sweep is stopping (pipeline.sweep._stop_sweep): the run ended KILLED; this
             # worker must not take the next queued job.
             import multiprocessing
+
+            for note in getattr(stop, "__notes__", ())[-1:]:  # where the job's record is
+                logging.getLogger("pipeline").warning("job stopped: %s", note)
 
             for child in multiprocessing.active_children():  # a plot process, say
                 child.terminate()
@@ -161,10 +184,68 @@ def compose_error_line(error: BaseException) -> str:
     return "; ".join(dict.fromkeys(parts))
 
 
+def _raise_on_signals() -> None:
+    """From here on, Ctrl-C raises KeyboardInterrupt and SIGTERM :class:`Terminated`, which
+    :func:`cli` turns into one line (a run and a sweep install their own on top). The
+    interrupt is also remembered: Python drops one raised in a garbage-collection callback
+    or a ``__del__``, and the app raises it again before it starts anything."""
+    from pipeline.sweep import remember_stop
+
+    def handler(signum: int, frame: object) -> None:
+        stop = (Terminated(f"terminated by signal {signum}") if signum == signal.SIGTERM
+                else KeyboardInterrupt())
+        remember_stop(stop)
+        raise stop
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _interrupt_line(stop: KeyboardInterrupt, sweep: bool) -> str:
+    """The last line after Ctrl-C or SIGTERM, true to what was recorded: the note the run
+    left on the interrupt (where its record is), the sweep's, or that nothing had started."""
+    word = "terminated" if isinstance(stop, Terminated) else "interrupted"
+    notes = getattr(stop, "__notes__", None)
+    note = str(notes[-1]) if notes else None
+    if sweep:
+        return f"{word}: the sweep was stopped" + (f"; {note}" if note else "")
+    return f"{word}: {note}" if note else f"{word} {NOTHING_RECORDED}"
+
+
+def _too_long_line(error: OSError) -> str:
+    """One line for a name longer than the file system takes: most often an override key,
+    which Hydra's config search looks up as a file before any setting is read."""
+    limit = 255  # NAME_MAX of the usual Linux file systems
+    keys = [arg.split("=", 1)[0] for arg in sys.argv[1:] if "=" in arg]
+    long = [key for key in keys if any(len(part.encode()) > limit
+                                       for part in key.lstrip("+~").split("."))]
+    if long:
+        shown = ", ".join(f"{key[:30]}... ({len(key)} characters)" for key in long)
+        return (f"the override key {shown} is too long: Hydra looks each key up as a config "
+                f"file, and a file name has at most {limit} characters; shorten the key")
+    name = str(error.filename or "")
+    return (f"a file name is too long ({name[:60]}..., {len(name)} characters); shorten the "
+            "setting that names it")
+
+
+def _forget_unhandled_interrupt() -> None:
+    """The exit code is the one :func:`cli` chose. CPython 3.11 marks a KeyboardInterrupt
+    that leaves code run by ``exec()`` (a dataclass being created while a module imports,
+    say) as unhandled even when it is caught later, and then ends the process by SIGINT at
+    exit (status -2 instead of 130): that mark is cleared."""
+    try:
+        import ctypes
+
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
+    except (ImportError, AttributeError, ValueError):  # another Python keeps no such mark
+        pass
+
+
 def cli() -> None:
+    _raise_on_signals()
     from hydra.errors import HydraException
 
-    from pipeline.sweep import finish_open_sweep, stop_signal
+    from pipeline.sweep import finish_open_sweep, stop_signal, stop_warming, sweep_is_open
 
     tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ[TRACEBACKS_ENV] = "1" if tracebacks else "0"
@@ -173,10 +254,12 @@ def cli() -> None:
     try:
         main()
     except KeyboardInterrupt as stop:
-        what = "terminated" if isinstance(stop, Terminated) else "interrupted"
-        print(f"\n{what}: the run was marked KILLED; its journal and checkpoints so far "
-              "were kept", file=sys.stderr)
         code = 143 if isinstance(stop, Terminated) else 130
+        # The process is on its way out, and every step left is bounded: a second signal
+        # would only cut the sweep's summary short or print a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print(f"\n{_interrupt_line(stop, sweep_is_open())}", file=sys.stderr)
     except SystemExit as done:  # a user error (one line printed), or a failed sweep job
         code = done.code if isinstance(done.code, int) else 1
     except HydraException as error:  # Hydra could not compose the config: the user's to fix
@@ -184,6 +267,12 @@ def cli() -> None:
         if tracebacks:
             raise
         print(compose_error_line(error), file=sys.stderr)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG or tracebacks:
+            code = 1
+            raise
+        code = 1  # Hydra's config search, given a key longer than a file name
+        print(_too_long_line(error), file=sys.stderr)
     except BaseException:  # a bug: its traceback, after the sweep's parent is closed
         code = 1
         raise
@@ -191,10 +280,12 @@ def cli() -> None:
         stopped = stop_signal()
         if stopped is not None and code == 0:  # Ctrl-C that only a garbage collection saw
             code = 143 if isinstance(stopped, Terminated) else 130
+        stop_warming()  # joblib workers still starting: ended before the interpreter exits
         # Hydra skips on_multirun_end when a job failed: close the sweep's parent run here.
         failed = finish_open_sweep(aborted=code != 0, interrupted=code in (130, 143))
         if failed != 0 and code == 0:
             code = 1
+    _forget_unhandled_interrupt()
     # Nothing is left to collect that matters: everything is flushed, closed and logged.
     # Without this the interpreter's last garbage collection walks every object MLflow,
     # SQLAlchemy and Hydra made, a visible share of a default run.

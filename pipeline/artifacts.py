@@ -1,6 +1,10 @@
-"""The files a run leaves behind, laid out as its MLflow artifacts.
+"""The files a run leaves behind: the folder it owns, and its MLflow artifacts in it.
 
-Everything is written into one folder (``<output_dir>/artifacts``) that tracking
+A run writes only into a folder no other run writes into (:func:`claim_folder`): the
+output folder it was given, or, when that folder already holds another run's outputs
+or is claimed by a run still going, a run-specific subfolder of it.
+
+The artifacts are written into one folder (``<run folder>/artifacts``) that tracking
 logs in one call: confusion matrix (JSON + PNG), predictions.csv, plots, the resolved
 config and Hydra's overrides, and the environment. (The per-epoch history artifact is
 written by tracking, from the run's journal.)
@@ -9,9 +13,10 @@ written by tracking, from the run's journal.)
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +26,97 @@ import yaml
 
 from pipeline import environment
 from pipeline.datastore import atomic_path, write_text_atomic
+from pipeline.interrupts import signals_held
 from pipeline.mlp import MLP
 from stages.dataset import Dataset
 from stages.evaluate import Evaluation
 from stages.normalise import Normaliser
+
+CLAIM_NAME = ".pipeline-run"  # in a run's folder while the run writes there
+RUN_PREFIX = "run-"  # a run-specific subfolder: run-<key>
+# What says a folder holds a run's outputs: its journal (or a journal set aside by an
+# older version of the pipeline) and its checkpoints.
+RUN_OUTPUTS = ("journal*.jsonl", "checkpoints")
+
+
+@dataclass
+class Claim:
+    """The folder a run writes everything into, held until :meth:`release`."""
+
+    folder: Path
+    moved: bool  # a run-specific subfolder: the folder asked for was another run's
+    _mark: Path | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        """The run has ended: drop the claim (its outputs keep later runs out)."""
+        if self._mark is not None:
+            self._mark.unlink(missing_ok=True)
+            self._mark = None
+
+
+def claim_folder(folder: Path, key: str) -> Claim:
+    """The folder a run writes into: ``folder`` itself if no other run's outputs are there
+    and no other run claims it, else a new subfolder ``folder/run-<key>`` (``key``: short
+    and unique to the run, e.g. the start of its journal id).
+
+    The claim is a file created with O_EXCL: of two runs starting at once in one folder,
+    exactly one gets it. A claim left by a process that was killed keeps the folder
+    taken (the run's journal would anyway).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    mark = _mark(folder)
+    if mark is not None:
+        if not holds_a_run(folder):
+            return Claim(folder, False, mark)
+        mark.unlink()
+    own = _new_subfolder(folder, key)
+    return Claim(own, True, _mark(own))
+
+
+def holds_a_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a run's outputs (a journal, checkpoints)."""
+    return any(any(folder.glob(pattern)) for pattern in RUN_OUTPUTS)
+
+
+def _mark(folder: Path) -> Path | None:
+    """Create the claim file in ``folder``; None if another run has it."""
+    path = folder / CLAIM_NAME
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return None
+    try:
+        os.write(handle, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(handle)
+    return path
+
+
+def _new_subfolder(folder: Path, key: str) -> Path:
+    """A subfolder of ``folder`` that did not exist (mkdir is atomic: it is this run's)."""
+    for attempt in range(1000):
+        own = folder / (f"{RUN_PREFIX}{key}" if attempt == 0 else f"{RUN_PREFIX}{key}-{attempt}")
+        try:
+            own.mkdir()
+        except FileExistsError:
+            continue
+        return own
+    raise FileExistsError(f"{folder}: no free {RUN_PREFIX}{key}-N subfolder")
+
+
+def read_folder(folder: Path | None) -> dict[str, bytes]:
+    """The files directly in ``folder`` (Hydra's ``.hydra``: a few small YAML files), read
+    at the start of a run: another run started in the same folder later rewrites them."""
+    if folder is None or not folder.is_dir():
+        return {}
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def write_folder(folder: Path, files: Mapping[str, bytes]) -> None:
+    """Write ``files`` (name -> content) into ``folder``, each atomically."""
+    for name, content in files.items():
+        with atomic_path(folder / name) as tmp:
+            tmp.write_bytes(content)
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -39,7 +131,7 @@ def write_run_artifacts(
     evaluation: Evaluation,
     config_tree: Mapping[str, Any],
     overrides: Sequence[str],
-    hydra_dir: Path | None,
+    hydra_files: Mapping[str, bytes],
 ) -> dict[str, Path]:
     """Write the data artifacts of one run into ``folder``; return the main paths by name.
 
@@ -57,8 +149,8 @@ def write_run_artifacts(
     files["overrides"] = write_text_atomic(
         folder / "overrides.yaml", yaml.safe_dump(list(overrides), default_flow_style=False)
     )
-    if hydra_dir is not None and hydra_dir.is_dir():
-        shutil.copytree(hydra_dir, folder / "hydra", dirs_exist_ok=True)
+    if hydra_files:  # Hydra's record of this run, as it was when the run started
+        write_folder(folder / "hydra", hydra_files)
     files["environment"] = write_text_atomic(
         folder / "environment.json",
         json.dumps({**environment.describe(), "packages": environment.installed_packages()},
@@ -67,11 +159,15 @@ def write_run_artifacts(
     return files
 
 
+_STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
 class PlotJob:
     """Plots drawn in a forked child process while the parent logs to MLflow.
 
     Matplotlib (import and rendering, ~1 s) is then off the critical path of a run;
-    the child only writes PNG files and never touches the tracking store.
+    the child only writes PNG files and never touches the tracking store. Ctrl-C or
+    SIGTERM end the child silently (the run reports the interrupt).
     """
 
     def __init__(self, target: Any, args: tuple[Any, ...]) -> None:
@@ -80,8 +176,9 @@ class PlotJob:
         self._process = None
         if "fork" in multiprocessing.get_all_start_methods():
             self._process = multiprocessing.get_context("fork").Process(
-                target=target, args=args, daemon=True)
-            self._process.start()
+                target=_draw, args=(target, args), daemon=True)
+            with signals_held():  # Python's at-fork hooks drop what a handler raises
+                self._process.start()
         else:  # no fork (e.g. Windows): draw inline
             target(*args)
 
@@ -91,6 +188,14 @@ class PlotJob:
             return True
         self._process.join()
         return self._process.exitcode == 0
+
+
+def _draw(target: Any, args: tuple[Any, ...]) -> None:
+    """In the plot process: Ctrl-C and SIGTERM end it at once, without a traceback (the
+    PNG files are not part of an interrupted run's record)."""
+    for signum in _STOPS:
+        signal.signal(signum, signal.SIG_DFL)
+    target(*args)
 
 
 @dataclass(frozen=True)

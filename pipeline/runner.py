@@ -43,6 +43,7 @@ from pipeline.progress import ProgressBar
 from pipeline.schema import Config, training_settings
 from pipeline.seeds import resolve_seeds
 from pipeline.sweep import PARENT_ENV, in_sweep_worker
+from pipeline.tracking.journal import find_sweep_journal, new_journal_id
 from pipeline.tracking.record import (
     CHILD_RECORD_TAG,
     MODEL_LOGGED_TAG,
@@ -82,6 +83,7 @@ class RunResult:
     journal: Path | None = None
     model_id: str | None = None  # the run's logged model, served as models:/<model_id>
     store_uri: str | None = None  # where the run is recorded (None offline)
+    sweep_dir: Path | None = None  # an offline sweep job's: the folder sync sends whole
 
     @property
     def model_uri(self) -> str | None:
@@ -159,14 +161,16 @@ def _interrupts_raise() -> Iterator[None]:
     """
     worker = in_sweep_worker()
     received: list[int] = []
+    _unseen.clear()
 
     def handler(signum: int, frame: Any) -> None:
         if received and worker:
             return
         received.append(signum)
-        if signum == signal.SIGTERM:
-            raise Terminated(f"terminated by signal {signum}")
-        raise KeyboardInterrupt
+        stop = (Terminated(f"terminated by signal {signum}") if signum == signal.SIGTERM
+                else KeyboardInterrupt())
+        _unseen.append(stop)
+        raise stop
 
     try:
         previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, handler),
@@ -180,6 +184,17 @@ def _interrupts_raise() -> Iterator[None]:
     finally:
         for signum, previous_handler in previous.items():
             signal.signal(signum, previous_handler)
+
+
+# Interrupts raised by the handler above and not yet seen by the run: Python drops an
+# exception raised in a garbage-collection callback, a __del__ or an at-fork hook.
+_unseen: list[KeyboardInterrupt] = []
+
+
+def _raise_if_dropped() -> None:
+    """Raise again an interrupt that Python dropped, before the run records its end."""
+    if _unseen:
+        raise _unseen[0]
 
 
 def _user_error(error: BaseException) -> str:
@@ -284,35 +299,55 @@ def run_data_stages(
                     log.warning("%s", warning.message)
             return loaded
 
-    with _timed(timings, stage):
-        raw, hits[stage] = cache.fetch(
-            stage, cache_key(stage, data_cfg, inputs), compute, _save_dataset, _load_dataset,
-        )
-        _save_dataset(raw, stage_dir / f"01_{stage}")
+    current = stage  # the stage that runs now: out of memory, it names the data's fix
+    try:
+        with _timed(timings, stage):
+            raw, hits[stage] = cache.fetch(
+                stage, cache_key(stage, data_cfg, inputs), compute, _save_dataset,
+                _load_dataset,
+            )
+            _save_dataset(raw, stage_dir / f"01_{stage}")
 
-    split_cfg = {**dataclasses.asdict(config.split), "seed": seeds["split"]}
-    with _timed(timings, "split"):
-        splits, hits["split"] = cache.fetch(
-            "split", cache_key("split", split_cfg, {"data": raw.digest()}),
-            lambda: split_dataset(
-                raw, test_fraction=config.split.test_fraction,
-                val_fraction=config.split.val_fraction, stratify=config.split.stratify,
-                seed=seeds["split"],
-            ),
-            _save_splits, _load_splits,
-        )
-        _save_splits(splits, stage_dir / "02_split")
+        current = "split"
+        split_cfg = {**dataclasses.asdict(config.split), "seed": seeds["split"]}
+        with _timed(timings, "split"):
+            splits, hits["split"] = cache.fetch(
+                "split", cache_key("split", split_cfg, {"data": raw.digest()}),
+                lambda: split_dataset(
+                    raw, test_fraction=config.split.test_fraction,
+                    val_fraction=config.split.val_fraction, stratify=config.split.stratify,
+                    seed=seeds["split"],
+                ),
+                _save_splits, _load_splits,
+            )
+            _save_splits(splits, stage_dir / "02_split")
 
-    split_digests = {k: getattr(splits, k).digest() for k in ("train", "test")}
-    if splits.val is not None:
-        split_digests["val"] = splits.val.digest()
-    with _timed(timings, "normalise"):
-        normalised, hits["normalise"] = cache.fetch(
-            "normalise", cache_key("normalise", {}, split_digests),
-            lambda: normalise(splits), _save_normalised, _load_normalised,
-        )
-        _save_normalised(normalised, stage_dir / "03_normalise")
+        current = "normalise"
+        split_digests = {k: getattr(splits, k).digest() for k in ("train", "test")}
+        if splits.val is not None:
+            split_digests["val"] = splits.val.digest()
+        with _timed(timings, "normalise"):
+            normalised, hits["normalise"] = cache.fetch(
+                "normalise", cache_key("normalise", {}, split_digests),
+                lambda: normalise(splits), _save_normalised, _load_normalised,
+            )
+            _save_normalised(normalised, stage_dir / "03_normalise")
+    except MemoryError:
+        raise PipelineError(_data_out_of_memory(config, current)) from None
     return DataStages(raw, splits, normalised, hits, source, sum(dropped) if dropped else None)
+
+
+def _data_out_of_memory(config: Config, stage: str) -> str:
+    """One line for data that does not fit in memory: the stage, and the data setting that
+    makes it smaller (the model's settings would not help)."""
+    if config.data.source == "rf":
+        what = f"data.n_samples={config.data.n_samples} rows do"
+        fix = "a smaller data.n_samples"
+    else:
+        what = f"the data of {config.data.path} does"
+        fix = "a smaller CSV as data.path"
+    return (f"out of memory in the {stage} stage: {what} not fit in this machine's memory; "
+            f"use {fix}")
 
 
 # -- training ---------------------------------------------------------------------------
@@ -387,14 +422,20 @@ def _architecture_mismatch(label: str, found: Architecture, planned: Architectur
 
 
 class _Checkpointer:
-    """Writes ``checkpoints/epoch_NNNNN.json`` every ``every`` epochs (atomically)."""
+    """Writes ``checkpoints/epoch_NNNNN.json`` every ``every`` epochs (atomically), and adds
+    each file's path to ``saved``."""
 
-    def __init__(self, folder: Path, every: int, metadata: Mapping[str, Any]) -> None:
-        self.folder, self.every, self.metadata = folder, every, metadata
+    def __init__(self, folder: Path, every: int, metadata: Mapping[str, Any],
+                 saved: list[Path]) -> None:
+        self.folder, self.every, self.metadata, self.saved = folder, every, metadata, saved
 
     def __call__(self, epoch: int, metrics: Mapping[str, float], model: MLP) -> None:
         if self.every and epoch % self.every == 0:
-            model.save(self.folder / f"epoch_{epoch:05d}.json", metadata=self.metadata)
+            path = self.folder / f"epoch_{epoch:05d}.json"
+            # Listed first: Ctrl-C right after the save must not leave it out (a file that
+            # a save cut short never got its name, and is not sent).
+            self.saved.append(path)
+            model.save(path, metadata=self.metadata)
 
 
 def _threads(config: Config) -> int | None:
@@ -468,11 +509,42 @@ def run(
     extra_tags: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Run every stage for ``config`` as one recorded run; return where it is and its test
-    metrics."""
+    metrics.
+
+    The run writes into ``output_dir``, or into a subfolder of its own when another run's
+    outputs are there (see :func:`pipeline.artifacts.claim_folder`). Ctrl-C or SIGTERM end
+    it KILLED and are raised with a note: one line saying where its record is.
+    """
+    warnings_as_log_lines()
+    hydra_files = artifacts.read_folder(hydra_dir)  # before another run rewrites them
+    journal_id = new_journal_id()
+    with _interrupts_raise():
+        claim = _claim(output_dir, journal_id, config)
+        try:
+            if claim.moved:
+                log.info("%s holds another run's outputs: this run writes into %s",
+                         output_dir, claim.folder)
+                artifacts.write_folder(claim.folder / ".hydra", hydra_files)
+            return _recorded_run(config, claim.folder, overrides, hydra_files, journal_id,
+                                 parent_run_id, parent_journal_id, extra_tags)
+        finally:
+            claim.release()
+
+
+def _claim(output_dir: Path, journal_id: str, config: Config) -> artifacts.Claim:
+    try:
+        return artifacts.claim_folder(output_dir, journal_id[:8])
+    except OSError as error:
+        raise PipelineError(_write_error(error, output_dir, config.pipeline.cache_dir)) from None
+
+
+def _recorded_run(config: Config, output_dir: Path, overrides: Sequence[str],
+                  hydra_files: Mapping[str, bytes], journal_id: str,
+                  parent_run_id: str | None, parent_journal_id: str | None,
+                  extra_tags: Mapping[str, str] | None) -> RunResult:
+    """The run in the folder it owns: its record opened, the stages, its end recorded."""
     from pipeline.tracking.recorder import start_run
 
-    warnings_as_log_lines()
-    output_dir.mkdir(parents=True, exist_ok=True)
     recording = record_plan(config, in_sweep=_in_sweep_job())
     seeds = run_seeds(config)
     spec = RunSpec(
@@ -481,60 +553,84 @@ def run(
         output_dir=output_dir, threads=_threads(config),
         tags={**config.tags, **(extra_tags or {}), **recording.tags},
     )
-    checkpoints = output_dir / "checkpoints"
-    with _interrupts_raise():
-        recorder = start_run(
-            uri=config.tracking.uri, experiment=config.tracking.experiment, run_name=spec.name,
-            output_dir=output_dir, tags=spec.tags, parent_run_id=parent_run_id,
-            parent_journal_id=parent_journal_id, offline=config.tracking.mode == "offline",
-            max_points=recording.max_points, log_model=recording.model,
-        )
-        if recorder.run_id is not None:
-            log.info("MLflow run %s in %s", recorder.run_id, recorder.store_uri)
-        else:
-            log.info("offline run: journal %s", recorder.journal_path)
-        try:
-            recorder.describe(spec)
-            if spec.environment.get("git_dirty") == "true":
-                log.warning("the git tree is dirty: this run may not be reproducible from its "
-                            "commit")
-            outcome = execute(config, seeds, output_dir, overrides, hydra_dir, recorder,
-                              threads=spec.threads, plots=recording.plots)
-            started = time.perf_counter()
-            recorder.finish(outcome)
-            log.info("stage %-9s %.3f s", "tracking", time.perf_counter() - started)
-        except KeyboardInterrupt as stop:
-            reason = ("terminated (SIGTERM)" if isinstance(stop, Terminated)
-                      else "interrupted (SIGINT)")
-            recorder.kill(f"{reason}; metrics and checkpoints so far were kept", checkpoints)
+    recorder = start_run(
+        uri=config.tracking.uri, experiment=config.tracking.experiment, run_name=spec.name,
+        output_dir=output_dir, tags=spec.tags, parent_run_id=parent_run_id,
+        parent_journal_id=parent_journal_id, offline=config.tracking.mode == "offline",
+        max_points=recording.max_points, log_model=recording.model, journal_id=journal_id,
+    )
+    if recorder.run_id is not None:
+        log.info("MLflow run %s in %s", recorder.run_id, recorder.store_uri)
+    else:
+        log.info("offline run: journal %s", recorder.journal_path)
+    saved: list[Path] = []  # the checkpoints this run wrote: all a failed run sends of them
+    try:
+        recorder.describe(spec)
+        if spec.environment.get("git_dirty") == "true":
+            log.warning("the git tree is dirty: this run may not be reproducible from its "
+                        "commit")
+        outcome = execute(config, seeds, output_dir, overrides, hydra_files, recorder,
+                          threads=spec.threads, plots=recording.plots, saved=saved)
+        _raise_if_dropped()
+        started = time.perf_counter()
+        recorder.finish(outcome)
+        log.info("stage %-9s %.3f s", "tracking", time.perf_counter() - started)
+    except KeyboardInterrupt as stop:
+        _end_killed(recorder, stop, saved)
+        raise
+    except (DataError, CheckpointError, PipelineError) as error:
+        _end_failed(recorder, _user_error(error), saved)
+        if isinstance(error, PipelineError):
             raise
-        except (DataError, CheckpointError, PipelineError) as error:
-            recorder.fail(_user_error(error), checkpoints)
-            if isinstance(error, PipelineError):
-                raise
-            raise PipelineError(_user_error(error)) from error
-        except TrainingDiverged as error:
-            message = f"{_user_error(error)}; lower optimizer.lr or use train.clip=value/norm"
-            recorder.fail(message, checkpoints)
-            raise PipelineError(message) from error
-        except MemoryError:
-            message = ("out of memory: the model or a batch does not fit in this machine's "
-                       "memory; use smaller model.hidden_sizes or a smaller train.batch_size")
-            recorder.fail(message, checkpoints)
-            raise PipelineError(message) from None
-        except OSError as error:  # disk full, unwritable folder: the user's to fix
-            message = _write_error(error, output_dir, config.pipeline.cache_dir)
-            recorder.fail(message, checkpoints)
-            raise PipelineError(message) from error
-        except BaseException as error:
-            recorder.fail(f"{type(error).__name__}: {_user_error(error)}", checkpoints)
-            raise
+        raise PipelineError(_user_error(error)) from error
+    except TrainingDiverged as error:
+        message = f"{_user_error(error)}; lower optimizer.lr or use train.clip=value/norm"
+        _end_failed(recorder, message, saved)
+        raise PipelineError(message) from error
+    except MemoryError:  # the data stages name their own (see run_data_stages)
+        message = ("out of memory while training: the model or a batch does not fit in this "
+                   "machine's memory; use smaller model.hidden_sizes or a smaller "
+                   "train.batch_size")
+        _end_failed(recorder, message, saved)
+        raise PipelineError(message) from None
+    except OSError as error:  # disk full, unwritable folder: the user's to fix
+        message = _write_error(error, output_dir, config.pipeline.cache_dir)
+        _end_failed(recorder, message, saved)
+        raise PipelineError(message) from error
+    except BaseException as error:
+        _end_failed(recorder, f"{type(error).__name__}: {_user_error(error)}", saved)
+        raise
     return RunResult(
         run_id=recorder.run_id, experiment_id=recorder.experiment_id, url=recorder.url,
         metrics=dict(outcome.metrics), confusion=dict(outcome.confusion),
         output_dir=output_dir, journal=recorder.journal_path,
         model_id=recorder.model_id, store_uri=recorder.store_uri,
+        sweep_dir=_offline_sweep_dir(recorder, parent_journal_id),
     )
+
+
+def _offline_sweep_dir(recorder: Recorder, parent_journal_id: str | None) -> Path | None:
+    """The folder of the offline sweep this run is a job of (None: not one)."""
+    if recorder.run_id is not None or parent_journal_id is None:
+        return None
+    found = find_sweep_journal(recorder.journal_path, parent_journal_id)
+    return found.parent if found is not None else None
+
+
+def _end_killed(recorder: Recorder, stop: KeyboardInterrupt, saved: Sequence[Path]) -> None:
+    """End the run KILLED; the interrupt carries the line saying where its record is."""
+    _unseen.clear()
+    reason = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted (SIGINT)"
+    stop.add_note(recorder.kill(f"{reason}; metrics and checkpoints so far were kept", saved))
+
+
+def _end_failed(recorder: Recorder, message: str, saved: Sequence[Path]) -> None:
+    """End the run FAILED; Ctrl-C meanwhile ends it KILLED instead, and is raised."""
+    try:
+        recorder.fail(message, saved)
+    except KeyboardInterrupt as stop:
+        _end_killed(recorder, stop, saved)
+        raise
 
 
 def execute(
@@ -542,13 +638,16 @@ def execute(
     seeds: Mapping[str, int],
     output_dir: Path,
     overrides: Sequence[str],
-    hydra_dir: Path | None,
+    hydra_files: Mapping[str, bytes],
     recorder: Recorder,
     *,
     threads: int | None,
     plots: bool = True,
+    saved: list[Path] | None = None,
 ) -> RunOutcome:
-    """The stages, in order; ``recorder`` hears of the data, the plan and every epoch."""
+    """The stages, in order; ``recorder`` hears of the data, the plan and every epoch.
+    ``saved`` gets the path of every checkpoint written, as it is written."""
+    saved = [] if saved is None else saved
     timings: dict[str, float] = {}
     data = run_data_stages(config, seeds, output_dir, timings)
     prepared = data.normalised
@@ -575,7 +674,8 @@ def execute(
                                seeds, output_dir)
     recorder.training_started(plan)
     callbacks: list[Callable[..., Any]] = [
-        recorder.log_epoch, _Checkpointer(checkpoints, config.train.checkpoint_every, metadata),
+        recorder.log_epoch,
+        _Checkpointer(checkpoints, config.train.checkpoint_every, metadata, saved),
     ]
     progress = ProgressBar(config.train.epochs) if _show_progress(config.train.progress) else None
     if progress is not None:
@@ -592,6 +692,7 @@ def execute(
             raise
         raise PipelineError(f"train: {_user_error(error)}") from error
     final_ckpt = checkpoints / "final.json"
+    saved.append(final_ckpt)
     trained.model.save(final_ckpt, metadata=metadata)
 
     with _timed(timings, "evaluate"):
@@ -610,9 +711,11 @@ def execute(
         import pipeline.plots  # noqa: F401
     files = artifacts.write_run_artifacts(
         artifact_dir, evaluation=evaluation, config_tree=config_dict(config),
-        overrides=overrides, hydra_dir=hydra_dir,
+        overrides=overrides, hydra_files=hydra_files,
     )
-    shutil.copytree(checkpoints, artifact_dir / "checkpoints", dirs_exist_ok=True)
+    (artifact_dir / "checkpoints").mkdir(exist_ok=True)
+    for path in dict.fromkeys(saved):  # this run's checkpoints, whatever else is there
+        shutil.copy2(path, artifact_dir / "checkpoints" / path.name)
     history = trained.history
     outcome = RunOutcome(
         metrics=dict(evaluation.metrics), timings=dict(timings),
@@ -664,7 +767,11 @@ def format_summary(result: RunResult) -> str:
             lines.append(f"  serve it: make serve MODEL={result.model_uri}{store}")
     else:
         lines.append(f"Offline run: recorded in {result.journal}")
-        lines.append(f"  send it to the store: make sync DIR={result.output_dir}")
+        if result.sweep_dir is not None:  # its parent goes first: sync the whole sweep
+            lines.append(f"  send the sweep to the store: make sync DIR={result.sweep_dir} "
+                         f"(this job alone: make sync DIR={result.output_dir})")
+        else:
+            lines.append(f"  send it to the store: make sync DIR={result.output_dir}")
     if result.output_dir is not None:
         lines.append(f"  outputs: {result.output_dir}")
     return "\n".join(lines)

@@ -48,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline.composition import check_jobs_cheaply, compose_by_shape
 from pipeline.errors import PipelineError, Terminated
+from pipeline.interrupts import signals_held
 
 if TYPE_CHECKING:
     from pipeline.schema import Config, SweepConfig
@@ -94,6 +95,7 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _open
+        raise_if_stopping()  # an interrupt Python dropped while Hydra composed the sweep
         _require_writable("hydra.sweep.dir", Path(str(config.hydra.sweep.dir)))
         tracking = config.get("tracking", {})
         offline = tracking.get("mode", "online") == "offline"
@@ -115,15 +117,18 @@ class SweepCallback(Callback):
         from pipeline.tracking.sweep import SweepParent
 
         try:
-            _open = SweepParent(
-                uri=tracking.get("uri"), experiment=tracking.get("experiment", "mlp-pipeline"),
-                name=name[:250], tags={
-                    "sweep_dir": str(sweep_dir), "overrides": " ".join(overrides)[:5000],
-                    names.SWEEP_OVERRIDES_TAG: json.dumps(overrides)[:8000],
-                    names.SWEEPER_TAG: _sweeper(config)},
-                metric=sweep.metric, direction=sweep.direction, sweep_dir=sweep_dir,
-                offline=offline, resume=past,
-            )
+            # Ctrl-C waits until the parent run exists, and then closes it KILLED (cut in
+            # the middle, it would leave a parent RUNNING that nothing closes).
+            with signals_held():
+                _open = SweepParent(
+                    uri=tracking.get("uri"),
+                    experiment=tracking.get("experiment", "mlp-pipeline"), name=name[:250],
+                    tags={"sweep_dir": str(sweep_dir), "overrides": " ".join(overrides)[:5000],
+                          names.SWEEP_OVERRIDES_TAG: json.dumps(overrides)[:8000],
+                          names.SWEEPER_TAG: _sweeper(config)},
+                    metric=sweep.metric, direction=sweep.direction, sweep_dir=sweep_dir,
+                    offline=offline, resume=past,
+                )
         except PipelineError as error:
             print(error, file=sys.stderr)
             raise SystemExit(1) from None
@@ -339,13 +344,58 @@ def _start_joblib_workers(config: DictConfig) -> None:
 
     def warm() -> None:
         try:
+            _block_ctrl_c_for_workers()
             Parallel(**settings)(delayed(_import_job_modules)(os.getpid(), plots)
                                  for _ in range(workers))
-        except Exception as error:  # only a head start: the sweep works without it
-            log.debug("warming up the joblib workers failed: %s", error)
+        except BaseException as error:  # only a head start: the sweep works without it.
+            # A worker's KeyboardInterrupt is not this thread's to raise: the main thread
+            # gets its own.
+            log.debug("warming up the joblib workers failed: %r", error)
 
     _warming = threading.Thread(target=warm, name="warm-joblib-workers", daemon=True)
     _warming.start()
+
+
+def _block_ctrl_c_for_workers() -> None:
+    """Block SIGINT in this (non-main) thread, so that the workers it starts never see it.
+
+    A worker is forked from the thread that starts it and keeps that thread's signal mask
+    through exec: the terminal's Ctrl-C, sent to the whole process group, then never reaches
+    it, not even while Python is still starting in it (a traceback otherwise). The launching
+    process stops its workers itself (SIGTERM: :func:`_stop_sweep`, :func:`stop_warming`).
+    The resource trackers unblock SIGINT in the thread that starts them: started first.
+    """
+    from multiprocessing import resource_tracker
+
+    from joblib.externals.loky.backend import resource_tracker as loky_tracker
+
+    loky_tracker.ensure_running()
+    resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def stop_warming(grace_s: float = 10.0) -> None:
+    """On the way out of a sweep stopped before it handed out jobs (Ctrl-C, a bad setting):
+    end the joblib warm-up, its workers included, before the interpreter exits. Exiting
+    while joblib still cleans up after it would race that clean-up (a warning about its
+    temporary folder, a traceback from its resource tracker)."""
+    global _warming
+    warming, _warming = _warming, None
+    if warming is None:
+        return
+    deadline = time.monotonic() + grace_s
+    stopped: set[int] = set()
+    while warming.is_alive() and time.monotonic() < deadline:
+        executor = _joblib_executor()  # created by the warm-up thread, perhaps only now
+        for pid in set(getattr(executor, "_processes", {}) or {}) - stopped:
+            _signal(pid, signal.SIGTERM)  # joblib sees its pool broken and cleans up
+            stopped.add(pid)
+        warming.join(timeout=0.05)
+
+
+def sweep_is_open() -> bool:
+    """Whether this process started a sweep whose parent run is not closed yet."""
+    return _open is not None
 
 
 def wait_for_workers() -> None:
@@ -628,6 +678,14 @@ _stopping: KeyboardInterrupt | None = None  # the interrupt that stops this swee
 def stop_signal() -> KeyboardInterrupt | None:
     """The interrupt that stopped this process's sweep, if any."""
     return _stopping
+
+
+def remember_stop(stop: KeyboardInterrupt) -> None:
+    """Keep the first Ctrl-C or SIGTERM this process got, for :func:`raise_if_stopping`
+    (``python -m pipeline`` calls this from its handler, before any sweep starts)."""
+    global _stopping
+    if _stopping is None:
+        _stopping = stop
 
 
 def raise_if_stopping() -> None:

@@ -291,3 +291,41 @@ def test_resume_checks():
                            resume=True)) == 0
     fresh = MLP([3, 4, 1], seed=0)  # never trained: resume=True starts at epoch 1
     assert fresh.train(X, y, learning_rate=0.01, epochs=2, resume=True).epochs == [1, 2]
+
+
+def test_ctrl_c_anywhere_in_an_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """A KeyboardInterrupt raised at each line the write executes in turn (its callees'
+    included, as a signal handler would raise it) leaves the old file whole and no
+    temporary file behind."""
+    import sys
+
+    from pipeline.mlp.checkpoint import write_text_atomic
+
+    target = tmp_path / "final.json"
+    target.write_text("old\n")
+    interrupted_at = 0
+    for n in range(1, 10_000):
+        events = 0
+
+        def tracer(frame: object, event: str, arg: object) -> object:
+            nonlocal events
+            if event == "line":
+                events += 1
+                if events == n:
+                    raise KeyboardInterrupt
+            return tracer
+
+        sys.settrace(tracer)
+        try:
+            write_text_atomic(target, "new\n")
+        except KeyboardInterrupt:
+            interrupted_at += 1
+        finally:
+            sys.settrace(None)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["final.json"], n
+        if events < n:  # the write ran to its end: every line was tried
+            assert target.read_text() == "new\n"
+            break
+        assert target.read_text() in ("old\n", "new\n"), n
+        target.write_text("old\n")
+    assert interrupted_at > 5

@@ -44,8 +44,8 @@ import json
 import math
 import numbers
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -163,19 +163,20 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     removed and ``path`` is untouched.
     """
     target = Path(path)
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed explicitly below)
-        "w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
-        delete=False)
+    # The name is chosen before the file exists, so that a Ctrl-C at any point after its
+    # creation (even inside the call that creates it) finds it here and removes it.
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with handle:
+        with open(temporary, "x", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o644)  # NamedTemporaryFile creates it 0600
-        os.replace(handle.name, target)
+        os.replace(temporary, target)
+    except FileExistsError:  # another writer's temporary file: not ours to remove
+        raise
     except BaseException as error:
         with contextlib.suppress(OSError):
-            os.unlink(handle.name)
+            os.unlink(temporary)
         if isinstance(error, OSError) and error.errno and not error.filename:  # say where
             raise OSError(error.errno, error.strerror, str(target)) from error
         raise

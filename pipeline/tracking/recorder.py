@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import re
 import threading
 import time
 from array import array
@@ -35,7 +36,7 @@ from pipeline.tracking.journal import (
     new_journal_id,
     now_ms,
 )
-from pipeline.tracking.shipper import Shipper
+from pipeline.tracking.shipper import MAX_TAG_LENGTH, Shipper
 from pipeline.tracking.store import Store, StoreError, end_run
 
 log = logging.getLogger("pipeline.tracking")
@@ -45,11 +46,12 @@ SHIP_INTERVAL_S = 15.0  # new records reach the store at least this often...
 LIVE_SHARE = 0.03  # ... unless sending them would take more than this share of the time
 FSYNC_INTERVAL_S = 5.0
 RETRY_INTERVAL_S = 20.0  # a store that failed is tried again after this
-HEARTBEAT_INTERVAL_S = 15.0
+HEARTBEAT_INTERVAL_S = names.HEARTBEAT_INTERVAL_S
 LIVE_BUDGET_S = 5.0  # retries of one store call while training goes on
 FINAL_BUDGET_S = 20.0  # ... when the run ends normally
 FAILING_BUDGET_S = 5.0  # ... when it ends while the store is failing
 INTERRUPT_BUDGET_S = 2.5  # ... when it was interrupted (the process must exit in seconds)
+STATUS_BUDGET_S = 2.0  # an interrupted run's status, sent first, waits at most this long
 
 
 def sync_state_path(journal: Path) -> Path:
@@ -145,7 +147,13 @@ class Recorder:
                          if store is not None and run_id is not None and experiment_id else None)
         self._failure: StoreError | None = None
         self._retry_at = 0.0
-        self._ended = False
+        # How far the end got (an end cut short by Ctrl-C is finished by kill()).
+        self._journal_closed = False
+        self._journal_ok = True
+        self._status_sent = False  # the store has the run's final status
+        self._complete = False  # the store has the whole run
+        self._journal_status: str | None = None  # the status the journal's end holds
+        self._done = False
         self._stop = threading.Event()
         self._kick = threading.Event()  # ship now, not at the next interval
         self._heartbeat = (Heartbeat(store, run_id, lambda: self._failure is not None)
@@ -221,25 +229,46 @@ class Recorder:
         self.end("FINISHED", None, names.artifact_records(outcome),
                  last_epoch=outcome.last_epoch, best_epoch=outcome.best_epoch)
 
-    def fail(self, error: str, checkpoints: Path | None) -> None:
-        """End FAILED with ``error``, keeping the checkpoints written so far; never raises
+    def fail(self, error: str, checkpoints: Sequence[Path] | None = None) -> None:
+        """End FAILED with ``error``, keeping the ``checkpoints`` the run wrote; never raises
         (a store that fails too is reported in a log line)."""
-        self._end_quietly("FAILED", error, checkpoints, interrupted=False)
-
-    def kill(self, reason: str, checkpoints: Path | None) -> None:
-        """End KILLED after Ctrl-C or SIGTERM, within seconds; never raises."""
-        self._end_quietly("KILLED", reason, checkpoints, interrupted=True)
-
-    def _end_quietly(self, status: str, error: str, checkpoints: Path | None, *,
-                     interrupted: bool) -> None:
         try:
-            self.end(status, error, names.partial_records(checkpoints), interrupted=interrupted)
+            self.end("FAILED", error, names.partial_records(checkpoints or ()))
         except StoreError as problem:
             log.warning("%s", problem)
-        except Exception as problem:  # never let it replace the Ctrl-C or error that ends the run
-            log.warning("tracking: ending the run %s failed (%s: %s); its journal %s keeps what "
-                        "was recorded", status, type(problem).__name__, problem,
-                        self.journal.path)
+        except Exception as problem:  # never let it replace the error that ends the run
+            log.warning("tracking: ending the run FAILED failed (%s: %s); its journal %s keeps "
+                        "what was recorded", type(problem).__name__, problem, self.journal.path)
+
+    def kill(self, reason: str, checkpoints: Sequence[Path] | None = None) -> str:
+        """End KILLED after Ctrl-C or SIGTERM, keeping the ``checkpoints`` the run wrote: the
+        status first, then the rest within :data:`INTERRUPT_BUDGET_S`, so that the process
+        exits in seconds. Never raises; returns one line saying where the record is."""
+        try:
+            self.end("KILLED", reason, names.partial_records(checkpoints or ()),
+                     interrupted=True)
+        except Exception as problem:  # never let it replace the Ctrl-C that ends the run
+            log.warning("tracking: ending the run KILLED failed (%s: %s); its journal %s keeps "
+                        "what was recorded", type(problem).__name__, problem, self.journal.path)
+        return self.ending
+
+    @property
+    def ending(self) -> str:
+        """Where an interrupted run's record is, in one line (once it has ended)."""
+        sync = sync_command(self.journal.path)
+        status = self._journal_status or "KILLED"
+        if self._shipper is None:
+            return (f"the run was recorded {status} in its journal {self.journal.path}; send "
+                    f"it to a store with: {sync}")
+        if not self._status_sent:
+            return (f"the store did not take the run's end; its journal {self.journal.path} "
+                    f"keeps it all: send it with {sync}")
+        if not self._complete:
+            return ("the run was marked KILLED; what the store has not received yet is in "
+                    f"its journal: send it with {sync}")
+        if status != "KILLED":  # the interrupt came once the run had ended
+            return f"the run had already ended {status}; its record is complete"
+        return "the run was marked KILLED; its journal and checkpoints so far were kept"
 
     def add(self, records: Sequence[dict[str, Any]]) -> None:
         """Journal ``records`` now (after the epochs logged so far) and queue them for the
@@ -315,7 +344,8 @@ class Recorder:
             try:
                 self._shipper.apply(batch)
             except StoreError as error:
-                if self._failure is None and not self._ended:  # at the end, end() reports it
+                # At the end, end() reports it.
+                if self._failure is None and not self._stop.is_set():
                     log.warning("%s; the run goes on, its journal %s keeps everything",
                                 error, self.journal.path)
                 self._failure = error
@@ -339,21 +369,61 @@ class Recorder:
         Raises :class:`StoreError` (one line: what failed, the journal, the command that
         sends it) when the store did not take the whole run; the run then ends FAILED (or
         KILLED) in the store if it answers at all, never RUNNING.
+
+        ``interrupted`` (Ctrl-C, SIGTERM): the store gets the status first (KILLED, its error
+        tag saying the record is incomplete until synced), then what it can take within
+        :data:`INTERRUPT_BUDGET_S`; nothing is raised for what is left (see :attr:`ending`).
+        An end that Ctrl-C cut short is finished by the next call with ``interrupted``: the
+        journal keeps the end it already has.
         """
-        if self._ended:
+        if self._done:
             return
-        self._ended = True
         self._stop.set()
         self._kick.set()
         # An interrupted run does not wait for a batch stuck on a failing store.
         self._thread.join(timeout=1.0 if interrupted else None)
-        journal_ok = True
+        journal_ok = self._close_journal([*records, names.end_record(
+            status, error, last_epoch=last_epoch, best_epoch=best_epoch)])
+        if self._shipper is None:  # offline: the journal is the record
+            self._done = True
+            if not journal_ok:
+                raise self._failure  # type: ignore[misc]
+            return
+        if interrupted:
+            self._end_interrupted(error)
+            return
+        budget = FAILING_BUDGET_S if self._failure is not None else FINAL_BUDGET_S
+        self._failure, self._retry_at = None, 0.0  # one more try
+        self._complete = self._ship(budget)
+        self._done = True
+        if self._complete:
+            self._status_sent = True
+            self._write_sent()
+            return
+        failure = self._failure
+        self._close_incomplete(status, error)
+        where = f"the journal {self.journal.path}" if journal_ok else "its output folder"
+        raise StoreError(f"{failure or 'tracking: the store did not take the whole run'}; "
+                         f"the run is kept in {where}; send it with: "
+                         f"{sync_command(self.journal.path)}")
+
+    def _close_journal(self, records: Sequence[dict[str, Any]]) -> bool:
+        """Journal ``records`` (the last one the end) once, close the journal, stop the
+        heartbeat. False when the journal could not be written."""
         try:
-            self.add([*records, names.end_record(status, error, last_epoch=last_epoch,
-                                                 best_epoch=best_epoch)])
+            if not self._journal_closed:
+                self.add(records)
+                self._journal_closed = True  # the journal's end stays the one it has
+                self._journal_status = str(records[-1]["status"])
             self.journal.close()
         except OSError as problem:
-            journal_ok = False
+            if not self.journal.wrote_end:
+                # The epochs before it did not fit (a full disk): the end alone, which the
+                # journal gives its reserve, so that sync keeps this status and error.
+                with contextlib.suppress(OSError, ValueError):
+                    self.journal.append(records[-1])
+            self._journal_closed = True
+            self._journal_ok = False
             self._failure = self._failure or StoreError(
                 f"tracking: cannot write the journal {self.journal.path}: "
                 f"{problem.strerror or problem}")
@@ -362,64 +432,113 @@ class Recorder:
         self._alive.close()
         if self._heartbeat is not None:
             self._heartbeat.stop()
-        if self._shipper is None:  # offline: the journal is the record
-            if not journal_ok:
-                raise self._failure  # type: ignore[misc]
-            return
-        if interrupted and self._failure is not None:
-            complete = False  # the store already failed: do not hold the exit for it
-        else:
-            budget = (INTERRUPT_BUDGET_S if interrupted else
-                      FAILING_BUDGET_S if self._failure is not None else FINAL_BUDGET_S)
-            self._failure, self._retry_at = None, 0.0  # one more try
-            try:
-                complete = self._ship(budget, wait_s=0.5 if interrupted else None,
-                                      within_s=INTERRUPT_BUDGET_S if interrupted else None)
-            except KeyboardInterrupt:  # Ctrl-C while sending: the journal has it all
-                self._close_incomplete("KILLED", error, interrupted=True)
-                log.warning("tracking: interrupted while sending the run; the journal %s holds "
-                            "it all: %s", self.journal.path, sync_command(self.journal.path))
-                raise
-        if complete:
-            with contextlib.suppress(OSError):
-                write_sync_state(self.journal.path, {"uri": self._shipper.store.uri,
-                                                     "run_id": self.run_id, "complete": True})
-            return
-        failure = self._failure
-        self._close_incomplete(status, error, interrupted)
-        where = f"the journal {self.journal.path}" if journal_ok else "its output folder"
-        raise StoreError(f"{failure or 'tracking: the store did not take the whole run'}; "
-                         f"the run is kept in {where}; send it with: "
-                         f"{sync_command(self.journal.path)}")
+        return self._journal_ok
 
-    def _close_incomplete(self, status: str, error: str | None, interrupted: bool) -> None:
-        """Give the store's copy of the run a final status, if the store answers at all."""
+    def _end_interrupted(self, error: str | None) -> None:
+        """The status first, then the rest within the interrupt budget. A store that does
+        not take the status in :data:`STATUS_BUDGET_S` gets nothing more (the journal has
+        it all); a second Ctrl-C stops the sending."""
+        self._failure, self._retry_at = None, 0.0  # one more try, however it went before
+        try:
+            if not self._status_sent:
+                self._status_sent = _within(STATUS_BUDGET_S, lambda: self._close_incomplete(
+                    "KILLED", error))
+            if self._status_sent:
+                with self._order:  # file by file: the shipper checks its deadline before each
+                    self._unshipped[:] = file_by_file(self._unshipped)
+                self._complete = self._ship(INTERRUPT_BUDGET_S, wait_s=0.5,
+                                            within_s=INTERRUPT_BUDGET_S)
+        except KeyboardInterrupt:  # a second Ctrl-C: what is left waits for make sync
+            pass
+        self._done = True
+        if self._complete:
+            self._write_sent()
+
+    def _write_sent(self) -> None:
+        assert self._shipper is not None
+        with contextlib.suppress(OSError):
+            write_sync_state(self.journal.path, {"uri": self._shipper.store.uri,
+                                                 "run_id": self.run_id, "complete": True})
+
+    def _close_incomplete(self, status: str, error: str | None) -> bool:
+        """Give the store's copy of the run a final status and an error tag saying the
+        journal holds the rest; True if the store took them. A run that was to end
+        FINISHED ends FAILED: the store does not have all of it."""
         assert self.store is not None and self.run_id is not None
         store, run_id = self.store, self.run_id
-        final = status if interrupted or status != "FINISHED" else "FAILED"
+        final = "FAILED" if status == "FINISHED" else status
         note = f"{names.INCOMPLETE} ({sync_command(self.journal.path)})"
         note = f"{error}; {note}" if error else note
-        if interrupted and self._failure is not None and self._failure.transient:
-            return  # a store that stopped answering: no second wait at exit
-        with contextlib.suppress(Exception):
+        try:
             from mlflow.entities import RunTag
 
             store.call("tag the run", lambda: store.client.log_batch(
-                run_id, tags=[RunTag(names.ERROR_TAG, note)]), budget_s=1.0)
+                run_id, tags=[RunTag(names.ERROR_TAG, note[:MAX_TAG_LENGTH])]),
+                budget_s=1.0)
             end_run(store, run_id, final, end_time=now_ms(), budget_s=1.0)
+        except Exception:  # the store fails too: the journal keeps the run
+            return False
+        return True
+
+
+def _within(seconds: float, action: Callable[[], bool]) -> bool:
+    """``action()`` in a thread of its own, waited for at most ``seconds``: whether it
+    returned True in time (a request to a server that hangs must not hold the exit)."""
+    done: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            done.append(action())
+        except Exception:  # reported by the caller's line: the store did not take it
+            done.append(False)
+
+    thread = threading.Thread(target=attempt, name="end-the-run", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return bool(done and done[0])
+
+
+def file_by_file(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` with each folder of artifacts as one record per file: the run's result
+    files first, then its checkpoints newest first (what a resume needs), so that what an
+    interrupted run sends before its deadline is what matters most."""
+    result: list[dict[str, Any]] = []
+    for record in records:
+        folder = Path(str(record.get("path", "")))
+        if record.get("k") != "artifacts" or not folder.is_dir():
+            result.append(record)
+            continue
+        dest = record.get("dest")
+        files = [(path, "/".join(part for part in (dest, path.relative_to(folder).parent
+                                                    .as_posix()) if part and part != "."))
+                 for path in folder.rglob("*") if path.is_file()]
+        files.sort(key=lambda item: _send_order(item[0].name, item[1]))
+        result += [{"k": "artifacts", "path": str(path), "dest": where or None}
+                   for path, where in files]
+    return result
+
+
+def _send_order(name: str, dest: str) -> tuple[int, int, str]:
+    """Result files by name, then final.json, then epoch checkpoints newest first."""
+    if "checkpoints" not in dest.split("/"):
+        return (0, 0, f"{dest}/{name}")
+    epoch = re.fullmatch(r"epoch_(\d+)\.json", name)
+    return (1, -int(epoch.group(1)) if epoch else -(2 ** 62), name)
 
 
 def start_run(*, uri: str | None, experiment: str, run_name: str, output_dir: Path,
               tags: Mapping[str, str], parent_run_id: str | None,
               parent_journal_id: str | None, offline: bool, max_points: int | None,
-              log_model: bool) -> Recorder:
+              log_model: bool, journal_id: str | None = None) -> Recorder:
     """Create the run (in the store unless ``offline``) and its journal in ``output_dir``.
 
-    Raises :class:`StoreError` before any work when the store does not answer.
+    Raises :class:`StoreError` before any work when the store does not answer. Ctrl-C or
+    SIGTERM after the run was created end it KILLED, and the interrupt carries a note
+    saying so.
     """
     from pipeline.tracking.store import experiment_id, open_store, store_uri
 
-    journal_id = new_journal_id()
+    journal_id = journal_id or new_journal_id()
     journal_path = output_dir / JOURNAL_NAME
     all_tags = {names.JOURNAL_ID_TAG: journal_id, names.JOURNAL_TAG: str(journal_path),
                 **{str(k): str(v) for k, v in tags.items()}}
@@ -444,22 +563,29 @@ def start_run(*, uri: str | None, experiment: str, run_name: str, output_dir: Pa
                         log_model=log_model)
     except BaseException as error:  # Ctrl-C, SIGTERM or a full disk: no run left RUNNING
         if store is not None and run_id is not None:
-            _end_unstarted(store, run_id, error)
+            ended = _end_unstarted(store, run_id, error)
+            if isinstance(error, KeyboardInterrupt):
+                error.add_note(f"the run was marked KILLED as it started ({run_id})" if ended
+                               else f"the store did not take the end of run {run_id}, which "
+                               "had just started; make clean-runs marks it KILLED later")
         raise
 
 
-def _end_unstarted(store: Store, run_id: str, error: BaseException) -> None:
+def _end_unstarted(store: Store, run_id: str, error: BaseException) -> bool:
     """End a run created in the store whose recorder never started: KILLED when interrupted,
-    else FAILED, with the cause as its error tag."""
+    else FAILED, with the cause as its error tag. True if the store took it."""
     from mlflow.entities import RunTag
 
     status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
     cause = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    with contextlib.suppress(Exception):
+    try:
         store.call("tag the run", lambda: store.client.log_batch(
             run_id, tags=[RunTag(names.ERROR_TAG, f"stopped as it started ({cause})")]),
             budget_s=1.0)
         end_run(store, run_id, status, end_time=now_ms(), budget_s=1.0)
+    except Exception:
+        return False
+    return True
 
 
 def context_tags(tags: Mapping[str, str], parent_run_id: str | None) -> dict[str, str]:
