@@ -94,9 +94,9 @@ log-model: $(STAMP) ## log a run's MLflow model afterwards (a lean sweep job's):
 	@test -n "$(RUN_ID)" || { echo "usage: make log-model RUN_ID=<mlflow run id> [STORE=<store uri>]" >&2; exit 2; }
 	@$(PY) -m pipeline.complete '$(RUN_ID)' --model --uri '$(STORE)'
 
-plots: $(STAMP) ## draw and log a run's plots afterwards (a lean sweep job's): make plots RUN_ID=<id> (STORE=)
-	@test -n "$(RUN_ID)" || { echo "usage: make plots RUN_ID=<mlflow run id> [STORE=<store uri>]" >&2; exit 2; }
-	@$(PY) -m pipeline.complete '$(RUN_ID)' --plots --uri '$(STORE)'
+plots: $(STAMP) ## draw and log a run's plots afterwards (a lean sweep job's): make plots RUN_ID=<id> (STORE=, ARGS="--plugins my_layers")
+	@test -n "$(RUN_ID)" || { echo "usage: make plots RUN_ID=<mlflow run id> [STORE=<store uri>] [ARGS=\"--plugins <module>\"]" >&2; exit 2; }
+	@$(PY) -m pipeline.complete '$(RUN_ID)' --plots --uri '$(STORE)' $(ARGS)
 
 rerun: $(STAMP) ## rerun a past run and check it reproduces bit for bit: make rerun RUN_ID=<id>
 	@test -n "$(RUN_ID)" || { echo "usage: make rerun RUN_ID=<mlflow run id>"; exit 2; }

@@ -122,8 +122,9 @@ def measure_startup(repeats: int = 5, folder: Path | None = None) -> StartupResu
     after one warm-up run that creates the store and fills the stage cache."""
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         work = folder or Path(tmp)
+        # A folder per run, as make train's default (a reused one would get a subfolder).
         run = [sys.executable, "-m", "pipeline", *_store_args(work),
-               f"hydra.run.dir={work / 'run'}"]
+               f"hydra.run.dir={work / 'runs'}/${{now:%H-%M-%S-%f}}"]
         timed(run)  # the store exists and the data stages are cached, as in "make train" #2
         samples: dict[str, list[float]] = {"import": [], "run": [], "error": []}
         for _ in range(repeats):

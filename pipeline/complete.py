@@ -24,6 +24,7 @@ import argparse
 import io
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,10 +71,12 @@ class Completion:
         return lines
 
 
-def complete_run(run_id: str, *, uri: str | None, model: bool, plots: bool) -> Completion:
+def complete_run(run_id: str, *, uri: str | None, model: bool, plots: bool,
+                 plugins: Sequence[str] = ()) -> Completion:
     """Give run ``run_id`` of the store at ``uri`` (default: the project's) its MLflow model
     (``model``) and its plots (``plots``) unless it has them, and set the ``model_logged`` and
-    ``plots_logged`` tags to "true".
+    ``plots_logged`` tags to "true". ``plugins``: the modules of the run's ``pipeline.plugins``
+    that the user trusts (redrawing imports them; a stored config alone never makes it).
 
     Raises :class:`PipelineError` (one line) for a missing store or run, a run still running,
     a run without ``checkpoints/final.json`` (one that failed before its end), and, for the
@@ -90,7 +93,7 @@ def complete_run(run_id: str, *, uri: str | None, model: bool, plots: bool) -> C
         if model:
             model_uri, model_added = _complete_model(target, folder)
         if plots:
-            drawn, plots_added = _complete_plots(target, folder)
+            drawn, plots_added = _complete_plots(target, folder, list(plugins))
     return Completion(run_id, model_uri, model_added, tuple(drawn), plots_added)
 
 
@@ -115,7 +118,8 @@ def _complete_model(target: StoredRun, folder: Path) -> tuple[str, bool]:
     return uri, True
 
 
-def _complete_plots(target: StoredRun, folder: Path) -> tuple[list[str], bool]:
+def _complete_plots(target: StoredRun, folder: Path, plugins: list[str]
+                    ) -> tuple[list[str], bool]:
     """The run's plot artifacts, and whether they were drawn now."""
     found = target.plot_files()
     tagged = target.tags.get(PLOTS_LOGGED_TAG) == "true"
@@ -124,7 +128,7 @@ def _complete_plots(target: StoredRun, folder: Path) -> tuple[list[str], bool]:
             target.mark(PLOTS_LOGGED_TAG)
         return found, False
     drawn = folder / "drawn"
-    _redraw(target, folder, drawn)
+    _redraw(target, folder, drawn, plugins)
     logged = target.log_plots(drawn)
     target.mark(PLOTS_LOGGED_TAG)
     return logged, True
@@ -195,12 +199,24 @@ def _first_line(error: BaseException) -> str:
 
 
 # -- redrawing -------------------------------------------------------------------------------
-def _redraw(target: StoredRun, folder: Path, out: Path) -> None:
-    """Rebuild what the run's plots were drawn from, check it is that run's, draw into ``out``."""
+def _redraw(target: StoredRun, folder: Path, out: Path, plugins: list[str]) -> None:
+    """Rebuild what the run's plots were drawn from, check it is that run's, draw into ``out``.
+
+    The stored config is data: it imports only the ``plugins`` the user named, and its data
+    file is checked against the run's data digest before the stages read it.
+    """
     from omegaconf import OmegaConf
 
     from pipeline.artifacts import PlotInputs, write_plots
-    from pipeline.rerun import load_stored_config
+    from pipeline.rerun import (
+        DATA_DIGEST_TAG,
+        NO_DIGEST,
+        NO_FILE,
+        check_stored_plugins,
+        load_stored_config,
+        shown_path,
+        stored_data_problem,
+    )
     from pipeline.runner import run_data_stages, run_seeds
     from pipeline.schema import validate
     from stages.dataset import DataError
@@ -211,10 +227,13 @@ def _redraw(target: StoredRun, folder: Path, out: Path) -> None:
     text = _text(target, CONFIG, folder, "the run's data cannot be rebuilt for its plots")
     try:
         stored = load_stored_config(run_id, text)
+        check_stored_plugins(run_id, stored, plugins,
+                             lambda value: _plots_command(target, value))
     except PipelineError as error:
         raise PipelineError(str(error).removeprefix("rerun: ")) from None
     try:
         config = validate(OmegaConf.create(stored))
+        problem = stored_data_problem(stored.get("data"), target.tags.get(DATA_DIGEST_TAG))
     except PipelineError as error:
         raise PipelineError(f"run {run_id}: its stored {CONFIG} is not a valid config here "
                             f"({error})") from None
@@ -222,9 +241,17 @@ def _redraw(target: StoredRun, folder: Path, out: Path) -> None:
     recorded = _recorded_probabilities(target, folder)
 
     seeds = run_seeds(config)
-    if config.data.source == "csv" and not Path(config.data.path).is_file():
-        raise PipelineError(f"run {run_id}: its data file {config.data.path} (data.path) is "
-                            "gone; the plots need the data the run was trained on")
+    changed = (f"its data differ from the run's ({_data_source(config)} changed since the "
+               "run?); refusing to draw plots that would not describe it")
+    if problem is not None:  # before the stages read the file: its content stays unquoted
+        path, reason = problem
+        if reason == NO_FILE:
+            raise PipelineError(f"run {run_id}: its data file {shown_path(path)} (data.path) "
+                                "is gone; the plots need the data the run was trained on")
+        if reason == NO_DIGEST:
+            raise PipelineError(f"run {run_id}: {reason}, so its data file cannot be checked; "
+                                "no plots are drawn from a file that may not be its data")
+        raise PipelineError(f"run {run_id}: {changed}")
     try:
         data = run_data_stages(config, seeds, folder / "stages", timings={})
     except (DataError, PipelineError) as error:
@@ -234,8 +261,6 @@ def _redraw(target: StoredRun, folder: Path, out: Path) -> None:
         raise PipelineError(f"run {run_id}: its data cannot be rebuilt: could not write "
                             f"{error.filename or ''} ({error.strerror or error})") from None
     prepared = data.normalised
-    changed = (f"its data differ from the run's ({_data_source(config)} changed since the "
-               "run?); refusing to draw plots that would not describe it")
     recorded_digest = target.tags.get("data.test_digest")
     if recorded_digest is not None and recorded_digest != prepared.test.digest():
         raise PipelineError(f"run {run_id}: {changed}")
@@ -259,8 +284,16 @@ def _redraw(target: StoredRun, folder: Path, out: Path) -> None:
 
 def _data_source(config: Config) -> str:
     if config.data.source == "csv":
-        return f"the CSV {config.data.path}"
+        from pipeline.rerun import shown_path
+
+        return f"the CSV {shown_path(Path(config.data.path))}"
     return "the data-generating code"
+
+
+def _plots_command(target: StoredRun, plugins: str) -> str:
+    """The command that redraws the run's plots importing ``plugins`` (given as ``[a,b]``)."""
+    return (f"python -m pipeline.complete {target.run_id} --plots --uri '{target.uri}' "
+            f"--plugins {plugins.strip('[]')}")
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -272,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plots", action="store_true", help="draw and log the run's plots")
     parser.add_argument("--uri", default=None, help="the store's tracking URI (default: the "
                         "project's mlflow.db)")
+    parser.add_argument("--plugins", default="", help="comma-separated modules of the run's "
+                        "pipeline.plugins that you trust: redrawing its plots imports them (a "
+                        "stored config alone never makes it)")
     args = parser.parse_args(argv)
     run_id = args.run_id.strip()
     if not run_id or run_id.startswith("-"):
@@ -281,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     both = not args.model and not args.plots
     try:
         done = complete_run(run_id, uri=args.uri or None, model=args.model or both,
-                            plots=args.plots or both)
+                            plots=args.plots or both,
+                            plugins=[p.strip() for p in args.plugins.split(",") if p.strip()])
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -10,13 +10,23 @@ the usual reason for a difference in the last bits.
 
 ``tracking.uri=<uri>`` picks the store (default: the project's own); any other
 ``key=value`` changes the config before the rerun (to check that a change shows).
+
+The stored config is data that anyone who can write the store can edit: it is never
+resolved, it makes the rerun import no module (``pipeline.plugins`` must be named on the
+command line), and its CSV ``data.path`` must hold the data the run was trained on (the
+run's ``data_digest``) unless ``data.path=...`` is given; otherwise one line, before any run
+starts.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -25,6 +35,7 @@ from omegaconf import OmegaConf
 from pipeline.environment import canonical_name
 from pipeline.errors import PipelineError
 from pipeline.tracking.record import (
+    DATA_DIGEST_TAG,
     DIGEST_TAGS,
     ENVIRONMENT_TAGS,
     REPRODUCED_TAG,
@@ -185,6 +196,105 @@ def load_stored_config(run_id: str, text: str) -> dict[str, Any]:
     return recorded
 
 
+# -- what a stored config may not decide ------------------------------------------------------
+PLUGINS = "pipeline.plugins"
+DATA_PATH = "data.path"
+_MODULE_NAME = re.compile(r"[\w.\-]+")
+# Why a stored data.path is refused (stored_data_problem), as callers tell them apart.
+NO_DIGEST = "the run has no data_digest tag to check it against"
+NO_FILE = "it does not exist"
+
+
+def given_on_command_line(overrides: list[str], key: str) -> tuple[bool, Any]:
+    """Whether ``key=value`` is among ``overrides``, and its value as the rerun reads it."""
+    mine = [o for o in overrides if o.startswith(f"{key}=")]
+    if not mine:
+        return False, None
+    try:
+        value = OmegaConf.select(OmegaConf.from_dotlist(mine), key)
+    except Exception:  # a value OmegaConf cannot read: validation reports it
+        return True, None
+    return True, OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+
+
+def rerun_command(run_id: str, overrides: list[str], key: str) -> Callable[[str], str]:
+    """``make rerun RUN_ID=<id> ARGS="<the overrides given> key=<value>"`` for a value."""
+    kept = [o for o in overrides if not o.startswith(f"{key}=")]
+    return lambda value: (f'make rerun RUN_ID={run_id} ARGS="'
+                          + " ".join([*kept, f"{key}={value}"]) + '"')
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_stored_plugins(run_id: str, recorded: dict[str, Any], named: Any,
+                         command: Callable[[str], str]) -> None:
+    """Refuse (PipelineError, one line) a stored config whose ``pipeline.plugins`` names a
+    module that ``named`` (what the user gave on the command line) does not: importing it
+    would run code that anyone who can write the store chose. ``command`` gives the command
+    that accepts them, for a ``[a,b]`` value. Nothing is imported here."""
+    group = recorded.get("pipeline")
+    stored = group.get("plugins") if isinstance(group, dict) else None
+    if stored is None or stored == []:
+        return
+    where = f"run {run_id}'s stored config"
+    if not isinstance(stored, list) or not all(isinstance(n, str) for n in stored):
+        raise PipelineError(f"{where} has {PLUGINS} {_shown(stored)}, not a list of module "
+                            "names; refusing it")
+    odd = next((n for n in stored if not _MODULE_NAME.fullmatch(n)), None)
+    if odd is not None:
+        raise PipelineError(f"{where} has {PLUGINS} entry {_shown(odd)}, which is not a "
+                            "module name; refusing it")
+    accepted = named if isinstance(named, list) else []
+    if all(name in accepted for name in stored):
+        return
+    both = [*stored, *(n for n in accepted if isinstance(n, str) and n not in stored)]
+    one = len(stored) == 1
+    raise PipelineError(
+        f"{where} names {PLUGINS} [{', '.join(stored)}], and code that a stored config "
+        f"names is never imported; if you trust {'it' if one else 'them'}, name "
+        f"{'it' if one else 'them'}: {command('[' + ','.join(both) + ']')}")
+
+
+def stored_data_problem(data_node: Any, recorded_digest: str | None) -> tuple[Path, str] | None:
+    """Why a stored CSV ``data.path`` does not hold the data its run was trained on (the
+    path and a reason that quotes nothing of the file), or None when it does: loaded with
+    the stored data settings, its digest must be the run's ``data_digest``. The CSV loader's
+    own errors quote the offending value, so none is passed on. Generated data
+    (data.source=rf) reads no file: nothing to check. ConfigError for bad stored settings.
+    """
+    from pipeline.schema import validate_data
+    from stages.load_csv import check_csv_path, load_csv
+
+    data = validate_data(data_node)  # the stored settings, as the run used them
+    if data.source != "csv":
+        return None
+    path = Path(data.path)
+    if recorded_digest is None:
+        return path, NO_DIGEST
+    if not path.exists():
+        return path, NO_FILE
+    try:
+        check_csv_path(path)  # a pipe or a device is never opened
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # dropped rows: counted in a warning
+            loaded = load_csv(path, label_column=data.label_column, header=data.header,
+                              delimiter=data.delimiter, drop_na=data.drop_na,
+                              decimal=data.decimal)
+    except Exception:  # any failure means: not that run's CSV
+        return path, "it does not load as that run's CSV"
+    if loaded.digest() != recorded_digest:
+        return path, "its rows are not that run's data"
+    return None
+
+
+def shown_path(path: Path) -> str:
+    """A path on one line (repr when it holds control characters)."""
+    return str(path) if str(path).isprintable() else repr(str(path))
+
+
 def rerun(run_id: str, overrides: list[str]) -> int:
     """Rerun ``run_id`` and compare; return the exit code (0: bit-identical)."""
     from pipeline.paths import PROJECT_ROOT
@@ -203,6 +313,11 @@ def rerun(run_id: str, overrides: list[str]) -> int:
             "pipeline); only finished pipeline runs can be rerun"
         )
     recorded = load_stored_config(run_id, text)  # before anything could resolve it
+    try:  # before validate imports any plugin
+        check_stored_plugins(run_id, recorded, given_on_command_line(changes, PLUGINS)[1],
+                             rerun_command(run_id, overrides, PLUGINS))
+    except PipelineError as error:
+        raise PipelineError(f"rerun: {error}") from None
     cfg = OmegaConf.create(recorded)
     cfg.tracking.uri = runs.uri
     cfg.tracking.mode = "online"  # compared with the original, in its store
@@ -211,6 +326,16 @@ def rerun(run_id: str, overrides: list[str]) -> int:
     if changes:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(changes))
     config = validate(cfg)
+    if not given_on_command_line(changes, DATA_PATH)[0]:  # else the user chose the file
+        # Before any run starts: nothing of another file may reach a message or a tag.
+        problem = stored_data_problem(recorded.get("data"), original.tags.get(DATA_DIGEST_TAG))
+        if problem is not None:
+            path, reason = problem
+            command = rerun_command(run_id, overrides, DATA_PATH)
+            raise PipelineError(
+                f"rerun: {shown_path(path)} ({DATA_PATH} in run {run_id}'s stored config) does "
+                f"not hold the data run {run_id} was trained on ({reason}); to rerun on "
+                f"another file, name it: {command('<file>')}")
     # A sweep job ran with its share of the cores; BLAS thread counts can change the last bits.
     threads = original.tags.get(THREADS_TAG, "default")
     if config.train.threads is None and threads.isdigit():

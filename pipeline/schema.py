@@ -99,6 +99,23 @@ def _check_model_fits(model: ModelConfig, optimizer: str) -> None:
             f"machine has {memory / 2**30:.1f} GiB: use smaller hidden layers")
 
 
+# What the data stages hold at once for RF data: the generated table, its train/test split
+# and the normalised copy of that split, each 2 float64 features and an int64 label per row.
+RF_BYTES_PER_ROW = 3 * (2 * 8 + 8)
+
+
+def _check_data_fits(n_samples: int) -> None:
+    """Refuse an RF data size whose tables alone cannot fit in memory (a lower bound: the
+    training's activations come on top)."""
+    needed = n_samples * RF_BYTES_PER_ROW
+    memory = physical_memory()
+    if memory is not None and needed > MEMORY_SHARE * memory:
+        raise ConfigError(
+            f"data.n_samples: {n_samples} rows need at least {needed / 2**30:.1f} GiB (the "
+            f"table, its split and its normalised copy); this machine has "
+            f"{memory / 2**30:.1f} GiB: use fewer samples")
+
+
 def _check_seed(key: str, value: int | None) -> None:
     if value is not None and value < 0:
         _fail(key, value, "must be a non-negative integer or null (derived from the root seed)")
@@ -118,6 +135,7 @@ class RFDataConfig:
     def __post_init__(self) -> None:
         if self.n_samples < 2:
             _fail("data.n_samples", self.n_samples, "must be an integer >= 2")
+        _check_data_fits(self.n_samples)
         if not (math.isfinite(self.freq_start) and math.isfinite(self.freq_end)):
             _fail("data.freq_end", self.freq_end, "must be finite (and so must data.freq_start)")
         if self.freq_end <= self.freq_start:
@@ -404,6 +422,19 @@ def _one_line(error: OmegaConfBaseException) -> str:
     return f"{key}: {message}"
 
 
+def _float_for_integer(key: str, error: OmegaConfBaseException) -> str | None:
+    """One line for a float given to an integer key (``data.n_samples=1e11``: Hydra reads
+    1e11 as a float), with the integer spelling when there is one; None for other errors."""
+    value = getattr(error, "value", None)
+    if not isinstance(value, float) or "converted to Integer" not in str(error):
+        return None
+    shown = f"{value:g}"
+    if not any(c in shown for c in "e.ni"):  # 1000.0 shows as 1000: say it is a float
+        shown = repr(value)
+    fix = f": {key}={int(value)}" if value.is_integer() else ""
+    return f"{key}: got {shown}, a float; it takes an integer{fix}"
+
+
 def _structured(schema: type, node: Any, prefix: str) -> Any:
     """Merge ``node`` onto ``schema`` and build the dataclass (runs ``__post_init__``)."""
     try:
@@ -413,6 +444,10 @@ def _structured(schema: type, node: Any, prefix: str) -> Any:
         message = _one_line(error)
         if prefix and not message.startswith(prefix):
             message = f"{prefix}.{message}"
+        key = message.split(": ", 1)[0]
+        wrong_type = _float_for_integer(key, error)
+        if wrong_type is not None:
+            raise ConfigError(wrong_type) from None
         raise ConfigError(message + ". Check the key's spelling and type in conf/") from None
 
 
@@ -438,10 +473,42 @@ def import_plugins(modules: Any) -> None:
     for module in modules:
         try:
             importlib.import_module(module)
-        except Exception as error:  # ImportError, or the module's own error on import
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) stops the run; it is no config error
+            raise
+        except SystemExit as stop:  # a script named by mistake: its exit is not the run's
+            raise ConfigError(f"pipeline.plugins: importing {module!r} called "
+                              f"{_exit_call(stop)} (a script, not a module that registers "
+                              "names?); name a module that only registers what the config "
+                              "uses, or drop it") from None
+        except BaseException as error:  # ImportError, or the module's own error on import
             raise ConfigError(f"pipeline.plugins: cannot import {module!r} "
-                              f"({type(error).__name__}: {error}); make it importable "
-                              "(PYTHONPATH) or drop it") from None
+                              f"({type(error).__name__}: {_first_line(error)}); make it "
+                              "importable (PYTHONPATH) or drop it") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _exit_call(stop: SystemExit) -> str:
+    """How the module exited, as the call it made: sys.exit(3), sys.exit()."""
+    if stop.code is None:
+        return "sys.exit()"
+    shown = str(stop.code) if isinstance(stop.code, int) else repr(stop.code)
+    return f"sys.exit({shown if len(shown) <= 60 else shown[:57] + '...'})"
+
+
+DATA_SCHEMAS: dict[str, Callable[[str], type]] = {"rf": lambda _: RFDataConfig,
+                                                  "csv": lambda _: CSVDataConfig}
+
+
+def validate_data(node: Any) -> RFDataConfig | CSVDataConfig:
+    """The ``data`` group alone (a rerun checks a stored data file with its own settings)."""
+    if isinstance(node, dict):
+        node = OmegaConf.create(node)
+    data: RFDataConfig | CSVDataConfig = _pick("data", node, "source", DATA_SCHEMAS)
+    return data
 
 
 def validate_sweep(node: Any) -> SweepConfig:
@@ -465,8 +532,7 @@ def validate(cfg: DictConfig) -> Config:
     import_plugins(plugins)
     if plugins is None and isinstance(plain.get("pipeline"), DictConfig):
         plain.pipeline.plugins = []  # a config recorded before the setting existed
-    data = _pick("data", plain.get("data"), "source",
-                 {"rf": lambda _: RFDataConfig, "csv": lambda _: CSVDataConfig})
+    data = _pick("data", plain.get("data"), "source", DATA_SCHEMAS)
     optimizer = _pick("optimizer", plain.get("optimizer"), "name",
                       dict.fromkeys(OPTIMIZERS, optimizer_schema))
     rest = OmegaConf.masked_copy(plain, [k for k in plain if k not in ("data", "optimizer")])

@@ -10,8 +10,9 @@ listens and a request that works, then becomes ``mlflow models serve -m models:/
 --env-manager local``, with this interpreter's ``bin/`` first on the PATH (MLflow starts
 ``uvicorn`` by name) and ``MLFLOW_TRACKING_URI`` set to the store (default: the project's
 ``mlflow.db``, whatever the working directory). Whatever can be seen before the server
-starts (no model named, an unknown run, a run without a model, a port already in use) is
-one line on stderr and exit 1 (2 when no model is named).
+starts (no model named, an unknown run, a run without a model, a folder that is not a
+model, a model whose ``MLmodel`` cannot be read or has no pyfunc flavor, a port already in
+use) is one line on stderr and exit 1 (2 when no model is named).
 """
 
 from __future__ import annotations
@@ -24,9 +25,18 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from mlflow.models import Model
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5002
+# How to get something servable, for every model that is not.
+HOW_TO_GET_A_MODEL = ("serve a logged model: MODEL=models:/<model id> (printed at the end of "
+                      "a run), or RUN_ID=<run id> (make log-model RUN_ID=<run id> logs one for "
+                      "a run without)")
 
 
 def port_problem(host: str, port: int) -> str | None:
@@ -109,6 +119,96 @@ def serve_command(model: str, host: str, port: int) -> list[str]:
             "--host", host, "--port", str(port), "--workers", "1"]
 
 
+class NotServable(Exception):
+    """What keeps a model from being served, as a phrase for the one-line message."""
+
+
+def local_folder(model: str) -> Path | None:
+    """The folder ``MODEL=`` names, or None for a URI MLflow resolves (models:/, runs:/,
+    http://, s3://, ...)."""
+    parsed = urlparse(model)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    return None if parsed.scheme else Path(model).expanduser()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _describe_folder(folder: Path) -> Model:
+    """The model description in ``folder``/MLmodel, read as MLflow reads it."""
+    import yaml
+    from mlflow.models import Model
+
+    if not folder.exists():
+        raise NotServable("no such folder")
+    if not folder.is_dir():
+        raise NotServable("a file, not a model folder")
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        raise NotServable("the folder has no MLmodel file, so it is not an MLflow model")
+    bad = "its MLmodel file is not an MLflow model description"
+    try:
+        content = yaml.safe_load(mlmodel.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise NotServable(f"{bad} (not YAML)") from None
+    except OSError as error:
+        raise NotServable(f"cannot read its MLmodel file ({error.strerror or error})"
+                          ) from None
+    if not isinstance(content, dict):
+        raise NotServable(f"{bad} (not a mapping)")
+    try:
+        return Model.from_dict(content)
+    except Exception as error:  # a field of the wrong type, say
+        raise NotServable(f"{bad} ({_first_line(error)})") from None
+
+
+def servable(model: str) -> Model:
+    """The description of the model to serve; :class:`NotServable` when it cannot be read
+    or has no python_function flavor (what ``mlflow models serve`` loads)."""
+    from mlflow.models import Model
+
+    folder = local_folder(model)
+    if folder is not None:
+        description = _describe_folder(folder)
+    else:
+        try:
+            description = Model.load(model)  # its MLmodel, through the tracking store
+        except Exception as error:  # MLflow's errors name the missing run or model
+            raise NotServable(f"cannot read the model: {_first_line(error)}") from None
+    flavors = description.flavors or {}
+    if "python_function" not in flavors:
+        found = ", ".join(sorted(map(str, flavors))) or "none"
+        raise NotServable(f"its model has no python_function flavor (it has: {found}), "
+                          "which serving needs")
+    return description
+
+
+def input_columns(description: Model) -> list[str] | None:
+    """The column names of the model's input signature (None if it has none)."""
+    inputs = description.signature.inputs if description.signature is not None else None
+    names = inputs.input_names() if inputs is not None else None
+    return [str(n) for n in names] if names and all(isinstance(n, str) for n in names) else None
+
+
+def _resolve(uri: str, run_id: str | None, model: str | None) -> tuple[str, list[str] | None]:
+    """The model to serve and its input columns; PipelineError or NotServable otherwise. A
+    folder needs no store; a run or a models:/ URI is looked up in ``uri``."""
+    import mlflow
+
+    from pipeline.tracking.model import served_model
+
+    if model is not None and local_folder(model) is not None:
+        return model, input_columns(servable(model))
+    target, columns = served_model(uri, run_id=run_id, model=model)
+    mlflow.set_tracking_uri(uri)
+    description = servable(target)
+    return target, columns if columns is not None else input_columns(description)
+
+
 def serve(uri: str | None, host: str, port: int, *, run_id: str | None,
           model: str | None) -> int:
     """Check, resolve, then replace this process with the model server (returns only on
@@ -123,14 +223,17 @@ def serve(uri: str | None, host: str, port: int, *, run_id: str | None,
         return 1
 
     from pipeline.errors import PipelineError
-    from pipeline.tracking.model import served_model
     from pipeline.tracking.store import store_uri
 
     uri = store_uri(uri)
     try:
-        target, columns = served_model(uri, run_id=run_id, model=model)
+        target, columns = _resolve(uri, run_id, model)
     except PipelineError as error:
         print(f"error: make serve: {error}", file=sys.stderr)
+        return 1
+    except NotServable as problem:
+        named = f"MODEL={model}" if model else f"RUN_ID={run_id}"
+        print(f"error: make serve: {named}: {problem}; {HOW_TO_GET_A_MODEL}", file=sys.stderr)
         return 1
     url = f"http://{_client_host(host)}:{port}/invocations"
     source = f" (run {run_id})" if run_id and not model else ""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stages.dataset import Dataset
+from stages.dataset import DataError, Dataset
 from stages.split import Splits
 
 
@@ -70,27 +70,61 @@ class NormalisedSplits:
     normaliser: Normaliser
 
 
+# Below this std the squared deviations were subnormal (or 0) and lost their precision.
+_EXACT_STD = float(np.sqrt(np.finfo(np.float64).tiny))
+
+
 def fit_normaliser(X_train: np.ndarray) -> Normaliser:
     """Mean and population std (ddof=0) per column of X_train: (n_samples, n_features).
 
     A constant column (max == min) gets mean = its value and std 1, so it maps to 0 instead
-    of to rounding noise; a std that overflows to inf also becomes 1.
+    of to rounding noise. A column whose plain mean or std is not representable (values near
+    1e300 overflow the squares, spreads below 1e-154 underflow them) gets them computed on
+    the column divided by its largest magnitude, then scaled back; every other column keeps
+    the plain formula's exact bits.
     """
     X = np.asarray(X_train, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] == 0:
         raise ValueError(f"fit_normaliser needs X of shape (n >= 1, d), got {X.shape}")
     if not np.all(np.isfinite(X)):
         raise ValueError("fit_normaliser needs finite X; load_csv rejects missing values")
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        mean = X.mean(axis=0)
+        std = X.std(axis=0)
     constant = X.max(axis=0) == X.min(axis=0)
+    rescale = ~constant & ~(np.isfinite(mean) & np.isfinite(std) & (std >= _EXACT_STD))
+    if np.any(rescale):
+        scaled_mean, scaled_std = _scaled_statistics(X[:, rescale])
+        mean[rescale] = np.where(np.isfinite(mean[rescale]), mean[rescale], scaled_mean)
+        std[rescale] = scaled_std
     mean = np.where(constant, X[0], mean)
-    std = np.where(constant | ~np.isfinite(std) | (std <= 0), 1.0, std)
+    std = np.where(constant, 1.0, std)
     return Normaliser(mean=mean, std=std)
 
 
-def _apply(data: Dataset, normaliser: Normaliser) -> Dataset:
-    return dataclasses.replace(data, X=normaliser.transform(data.X))
+def _scaled_statistics(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of non-constant columns, computed on X / 2**e with 2**e just above
+    max|X| (values within [-1, 1], so neither sums nor squares leave float64's range) and
+    scaled back. A power of two scales without rounding."""
+    _, exponent = np.frexp(np.max(np.abs(X), axis=0))
+    unit = np.ldexp(X, -exponent)
+    return np.ldexp(unit.mean(axis=0), exponent), np.ldexp(unit.std(axis=0), exponent)
+
+
+def _apply(data: Dataset, normaliser: Normaliser, split: str) -> Dataset:
+    """``data`` with its features normalised; DataError (one line) for a feature whose
+    z-scores leave float64's range (values near +-1.8e308 far from the mean)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        X = normaliser.transform(data.X)
+    finite = np.isfinite(X).all(axis=0)
+    if not finite.all():
+        column = int(np.argmin(finite))
+        raise DataError(
+            f"data: feature {data.feature_names[column]!r} of the {split} split cannot be "
+            f"normalised in float64 (its values, up to {np.max(np.abs(data.X[:, column])):.3g} "
+            f"in magnitude, lie too far from the training mean "
+            f"{normaliser.mean[column]:.3g}); rescale that column in the file")
+    return dataclasses.replace(data, X=X)
 
 
 def normalise(splits: Splits) -> NormalisedSplits:
@@ -101,8 +135,8 @@ def normalise(splits: Splits) -> NormalisedSplits:
     """
     normaliser = fit_normaliser(splits.train.X)
     return NormalisedSplits(
-        train=_apply(splits.train, normaliser),
-        test=_apply(splits.test, normaliser),
-        val=None if splits.val is None else _apply(splits.val, normaliser),
+        train=_apply(splits.train, normaliser, "train"),
+        test=_apply(splits.test, normaliser, "test"),
+        val=None if splits.val is None else _apply(splits.val, normaliser, "validation"),
         normaliser=normaliser,
     )

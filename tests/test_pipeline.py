@@ -242,8 +242,9 @@ def test_a_registered_activation_and_optimizer_are_usable_from_config(tmp_path, 
     checkpoint = json.loads((tmp_path / "out" / "checkpoints" / "final.json").read_text())
     assert "softsign" in json.dumps(checkpoint)
 
+    # A stored config imports nothing by itself: the plugin is named again.
     rerun = subprocess.run([sys.executable, "-m", "pipeline.rerun", run.info.run_id,
-                            f"tracking.uri={store}"],
+                            f"tracking.uri={store}", "pipeline.plugins=[my_layers]"],
                            capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300, env=env)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
 

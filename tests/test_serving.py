@@ -37,8 +37,11 @@ from tests.servers import free_port
 
 VENV_BIN = str(Path(sys.executable).parent)
 # What a new user's shell has: no venv on the PATH, no tracking URI.
+# A user's shell: no store or venv of ours, and none of the variables an outer `make test`
+# (e.g. `make test ARGS=-x`) hands its sub-makes.
 USER_ENV = {key: value for key, value in os.environ.items()
-            if key not in ("MLFLOW_TRACKING_URI", "VIRTUAL_ENV")}
+            if key not in ("MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "MAKEFLAGS", "MAKELEVEL",
+                           "MFLAGS", "ARGS")}
 USER_ENV["PATH"] = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
                                    if p and p != VENV_BIN)
 USER_ENV["MLFLOW_DISABLE_TELEMETRY"] = "true"

@@ -135,7 +135,8 @@ def served_model(uri: str, *, run_id: str | None = None,
             raise ModelNotFound(
                 f"RUN_ID={run_id}: the run ({run.info.status}) has no logged model (trained "
                 "with tracking.log_model=false, offline and not synced, or stopped before "
-                "its model was logged); serve another run")
+                f"its model was logged); log it: make log-model RUN_ID={run_id}, or serve "
+                "another run")
         model = model_uri(model_id)
     elif model.startswith("models:/m-"):
         model_id = model.removeprefix("models:/").split("/", 1)[0]
