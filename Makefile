@@ -18,7 +18,7 @@ SERVER_PORT ?= 5001
 SERVER_ENV = $(if $(filter-out 127.0.0.1 0.0.0.0,$(SERVER_HOST)),SERVER_HOST=$(SERVER_HOST) )$(if $(filter-out 5001,$(SERVER_PORT)),SERVER_PORT=$(SERVER_PORT) )
 # One line and exit 1 when a server cannot listen on that address (mlflow server only logs
 # "address already in use" and exits 0).
-CHECK_PORT = $(PY) -m pipeline.serve --check-port
+CHECK_PORT = $(PY) -m pipeline.commands.serve --check-port
 ARGS ?=
 
 export MLFLOW_DISABLE_TELEMETRY ?= true
@@ -83,39 +83,41 @@ server: $(STAMP) ## an MLflow tracking server (sqlite backend, artifacts under m
 		--artifacts-destination $(ROOT)/mlartifacts --serve-artifacts \
 		--host $(SERVER_HOST) --port $(SERVER_PORT) --workers 1
 
-serve: $(STAMP) ## serve a run's model over HTTP: make serve RUN_ID=<id> (or MODEL=models:/<model id>) on 127.0.0.1:5002 (HOST=, PORT=, STORE=)
+serve: $(STAMP) ## serve a run's model over HTTP: make serve RUN_ID=<id> (or MODEL=models:/<model id>) on 127.0.0.1:5002 (HOST=, PORT=, STORE=, PLUGINS=)
 	@# Resolves the run to models:/<model_id> in STORE (default: the project's mlflow.db),
 	@# then runs `mlflow models serve --env-manager local` with .venv/bin on the PATH
-	@# (MLflow starts uvicorn by name) and MLFLOW_TRACKING_URI=STORE.
-	@PATH="$(VENV)/bin:$$PATH" $(PY) -m pipeline.serve --uri '$(STORE)' --host $(HOST) \
-		--port $(SERVE_PORT) $(if $(RUN_ID),--run-id '$(RUN_ID)') $(if $(MODEL),--model '$(MODEL)')
+	@# (MLflow starts uvicorn by name) and MLFLOW_TRACKING_URI=STORE. PLUGINS=a,b: the modules
+	@# a run's plugin transforms come from (its pipeline.plugins), imported by the server.
+	@PATH="$(VENV)/bin:$$PATH" $(PY) -m pipeline.commands.serve --uri '$(STORE)' --host $(HOST) \
+		--port $(SERVE_PORT) $(if $(RUN_ID),--run-id '$(RUN_ID)') $(if $(MODEL),--model '$(MODEL)') \
+		$(if $(PLUGINS),--plugins '$(PLUGINS)')
 
 log-model: $(STAMP) ## log a run's MLflow model afterwards (a lean sweep job's): make log-model RUN_ID=<id> (STORE=)
 	@test -n "$(RUN_ID)" || { echo "usage: make log-model RUN_ID=<mlflow run id> [STORE=<store uri>]" >&2; exit 2; }
-	@$(PY) -m pipeline.complete '$(RUN_ID)' --model --uri '$(STORE)'
+	@$(PY) -m pipeline.commands.complete '$(RUN_ID)' --model --uri '$(STORE)'
 
 plots: $(STAMP) ## draw and log a run's plots afterwards (a lean sweep job's): make plots RUN_ID=<id> (STORE=, ARGS="--plugins my_layers")
 	@test -n "$(RUN_ID)" || { echo "usage: make plots RUN_ID=<mlflow run id> [STORE=<store uri>] [ARGS=\"--plugins <module>\"]" >&2; exit 2; }
-	@$(PY) -m pipeline.complete '$(RUN_ID)' --plots --uri '$(STORE)' $(ARGS)
+	@$(PY) -m pipeline.commands.complete '$(RUN_ID)' --plots --uri '$(STORE)' $(ARGS)
 
 rerun: $(STAMP) ## rerun a past run and check it reproduces bit for bit: make rerun RUN_ID=<id>
 	@test -n "$(RUN_ID)" || { echo "usage: make rerun RUN_ID=<mlflow run id>"; exit 2; }
-	$(PY) -m pipeline.rerun $(RUN_ID) $(ARGS)
+	$(PY) -m pipeline.commands.rerun $(RUN_ID) $(ARGS)
 
 compare: $(STAMP) ## what differs between runs: make compare RUNS="<id> <id>" (or a sweep's parent id) [ARGS="--format md"]
 	@test -n "$(RUNS)" || { echo "usage: make compare RUNS=\"<run id> <run id> ...\" (or a sweep's parent run id) [ARGS=\"--uri URI --format md|html|csv\"]"; exit 2; }
-	$(PY) -m pipeline.compare $(RUNS) $(ARGS)
+	$(PY) -m pipeline.commands.compare $(RUNS) $(ARGS)
 
 sync: $(STAMP) ## send a run's journal to the store: make sync DIR=<output or sweep folder> [ARGS="--uri URI"]
 	@test -n "$(DIR)" || { echo "usage: make sync DIR=<a run's or a sweep's output folder>"; exit 2; }
-	$(PY) -m pipeline.sync $(DIR) $(ARGS)
+	$(PY) -m pipeline.commands.sync $(DIR) $(ARGS)
 
 clean-runs: $(STAMP) ## mark runs left RUNNING by a killed process (no heartbeat for 10 min) KILLED
-	$(PY) -m pipeline.clean_runs $(ARGS)
+	$(PY) -m pipeline.commands.clean_runs $(ARGS)
 
 clean: ## remove outputs, sweeps and the stage cache (keeps the store; stops if a run exists only in its journal: FORCE=1)
 	@if [ -z "$(FORCE)" ] && [ -x $(PY) ]; then \
-		$(PY) -m pipeline.sync --unsent $(ROOT)/outputs $(ROOT)/multirun || exit 1; fi
+		$(PY) -m pipeline.commands.sync --unsent $(ROOT)/outputs $(ROOT)/multirun || exit 1; fi
 	rm -rf $(ROOT)/outputs $(ROOT)/multirun $(ROOT)/.cache
 
 lock: $(STAMP) ## rewrite requirements.lock from the current .venv

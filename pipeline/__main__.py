@@ -4,6 +4,10 @@ A config error is reported before MLflow is even imported; user errors print one
 line and exit 1 (``HYDRA_FULL_ERROR=1`` shows the traceback); Ctrl-C and SIGTERM
 end the MLflow run KILLED and exit 130 / 143, with one line saying where the run's
 record is (or that no run had started yet).
+
+In a sweep's job it reads, once, what the sweep's launching process handed the job
+(:func:`pipeline.sweeps.job.job_context`), and hands the run its place in the sweep as a
+value; nothing below reads the sweep from the environment.
 """
 
 # ruff: noqa: E402  (the signal handlers go in before the imports, which take a second)
@@ -35,30 +39,28 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from pipeline import (
-    paths,  # noqa: F401  (registers ${project_root:})
-    schema,  # noqa: F401  (gives Hydra the optimisers' options)
-)
+from pipeline.config import paths  # noqa: F401  (registers ${project_root:})
+from pipeline.config.schema import validate  # (importing it gives Hydra the optimisers' options)
 from pipeline.errors import ConfigError, PipelineError, Terminated
-from pipeline.sweep import (
-    JOURNAL_ENV,
-    PARENT_ENV,
-    in_sweep_worker,
-    job_gate,
+from pipeline.sweeps.callback import (
+    finish_open_sweep,
     raise_if_stopping,
-    stop_with_launcher,
+    remember_stop,
+    stop_signal,
+    stop_warming,
+    sweep_is_open,
 )
+from pipeline.sweeps.job import JobContext, job_context, job_gate, stop_with_launcher
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from pipeline.schema import validate
-
     raise_if_stopping()  # a sweep stopped by Ctrl-C starts no further job
     hydra_cfg = HydraConfig.get()
     in_sweep = str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    job = job_context()  # what the sweep's launching process handed this job, read once
     try:
         config = validate(cfg)  # fails here, before any work, on a bad key, type or value
         if not in_sweep:
@@ -66,17 +68,24 @@ def main(cfg: DictConfig) -> float | None:
                 if getattr(config.sweep, key) is not None:
                     raise ConfigError(f"sweep.{key}: applies to a sweep; add -m (python -m "
                                       "pipeline -m ...) or drop it")
+        if config.data.transforms:  # checked here too, so a sweep records the job FAILED
+            from pipeline.run.data import check_transforms  # brings in pandas
+
+            check_transforms(config)
     except ConfigError as error:
         if in_sweep:
-            _record_failed_job(cfg, list(hydra_cfg.overrides.task), str(error))
+            _record_failed_job(cfg, list(hydra_cfg.overrides.task), str(error), job)
         return _user_error(error, in_sweep)
 
-    from pipeline.runner import format_summary, run
+    # The run brings in MLflow, pandas and the stages: only once the config is valid.
+    from pipeline.run.runner import format_summary, run
 
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    stop_with_launcher()
+    worker = job is not None and job.run.worker
+    if worker:
+        stop_with_launcher(job.launcher_pid)
     try:
-        skip = job_gate(config, output_dir)
+        skip = job_gate(config, output_dir, job)
         if skip is not None:
             logging.getLogger("pipeline").info("%s", skip.message)
             return skip.value
@@ -86,15 +95,14 @@ def main(cfg: DictConfig) -> float | None:
             output_dir=output_dir,
             overrides=list(hydra_cfg.overrides.task),
             hydra_dir=output_dir / str(hydra_cfg.output_subdir or ".hydra"),
-            parent_run_id=os.environ.get(PARENT_ENV) or None,
-            parent_journal_id=os.environ.get(JOURNAL_ENV) or None,
+            sweep=job.run if job is not None else None,
         )
     except PipelineError as error:  # the run, if it started, ended FAILED with this line
         return _user_error(error, in_sweep)
     except KeyboardInterrupt as stop:
-        if in_sweep_worker():
-            # The sweep is stopping (pipeline.sweep._stop_sweep): the run ended KILLED; this
-            # worker must not take the next queued job.
+        if worker:
+            # The sweep is stopping (pipeline.sweeps.callback._stop_sweep): the run ended
+            # KILLED; this worker must not take the next queued job.
             import multiprocessing
 
             for note in getattr(stop, "__notes__", ())[-1:]:  # where the job's record is
@@ -123,10 +131,11 @@ def _user_error(error: PipelineError, in_sweep: bool) -> None:
     return None
 
 
-def _record_failed_job(cfg: DictConfig, overrides: list[str], error: str) -> None:
+def _record_failed_job(cfg: DictConfig, overrides: list[str], error: str,
+                       job: JobContext | None) -> None:
     """A sweep's job whose config is invalid still becomes a FAILED child run carrying the
     error, so the sweep counts it (best effort: the store may be what is misconfigured)."""
-    parent = os.environ.get(PARENT_ENV)
+    parent = job.parent_run_id if job is not None else None
     if not parent:
         return
     from omegaconf import OmegaConf
@@ -138,7 +147,7 @@ def _record_failed_job(cfg: DictConfig, overrides: list[str], error: str) -> Non
             return default
         return None if value is None else str(value)
 
-    from pipeline.tracking.sweep import record_failed_job
+    from pipeline.tracking.parent import record_failed_job  # MLflow (~1 s): only now
 
     try:
         record_failed_job(uri=setting("tracking.uri", None),
@@ -189,8 +198,6 @@ def _raise_on_signals() -> None:
     :func:`cli` turns into one line (a run and a sweep install their own on top). The
     interrupt is also remembered: Python drops one raised in a garbage-collection callback
     or a ``__del__``, and the app raises it again before it starts anything."""
-    from pipeline.sweep import remember_stop
-
     def handler(signum: int, frame: object) -> None:
         stop = (Terminated(f"terminated by signal {signum}") if signum == signal.SIGTERM
                 else KeyboardInterrupt())
@@ -244,8 +251,6 @@ def _forget_unhandled_interrupt() -> None:
 def cli() -> None:
     _raise_on_signals()
     from hydra.errors import HydraException
-
-    from pipeline.sweep import finish_open_sweep, stop_signal, stop_warming, sweep_is_open
 
     tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ[TRACEBACKS_ENV] = "1" if tracebacks else "0"

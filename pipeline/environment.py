@@ -14,7 +14,7 @@ import subprocess
 import sys
 from importlib import metadata
 
-from pipeline.paths import PROJECT_ROOT
+from pipeline.config.paths import PROJECT_ROOT
 
 
 def git_state() -> dict[str, str]:

@@ -20,7 +20,7 @@ def generate_rf(
     Frequency = linspace(freq_start, freq_end, n_samples);
     Amplitude = sin(Frequency) + default_rng(seed).normal(0, noise_std, n_samples);
     Label = Amplitude > 0.
-    The settings arrive checked (``pipeline.schema.RFDataConfig``): n_samples >= 2, finite
+    The settings arrive checked (``pipeline.config.schema.RFDataConfig``): n_samples >= 2, finite
     frequencies, noise_std >= 0, seed >= 0.
     Returns X: (n_samples, 2) ["Frequency", "Amplitude"], y: (n_samples,), classes ("0", "1").
     """

@@ -877,7 +877,7 @@ def load_csv(
 ) -> Dataset:
     """Load a CSV of numeric features and one label column (rules: module docstring).
 
-    The options arrive checked (``pipeline.schema.CSVDataConfig``): ``header`` "auto",
+    The options arrive checked (``pipeline.config.schema.CSVDataConfig``): ``header`` "auto",
     True or False; ``delimiter`` one character or None to detect; ``decimal`` "." or ",".
     Returns a Dataset with X: (n_rows, n_columns - 1) and y: (n_rows,) class indices.
     Raises DataError, with one line naming the problem and the fix, for any bad file.

@@ -96,12 +96,12 @@ def split_dataset(
     last ``round(val_fraction * n)`` rows of that part, so the test split does not depend on
     val_fraction. Stratified: the same sizes, shared out over classes by largest remainder
     after shuffling each class; each split is then shuffled with the same generator.
-    The fractions arrive checked (``pipeline.schema.SplitConfig``: test in (0, 1), val in
+    The fractions arrive checked (``pipeline.config.schema.SplitConfig``: test in (0, 1), val in
     [0, 1), their sum < 1); what depends on the data (enough rows for each split) is checked
     here.
     Returns Splits of Datasets: train (n_train, d), test (n_test, d), val (n_val, d) | None.
     """
-    tf, vf = test_fraction, val_fraction  # checked by pipeline.schema.SplitConfig
+    tf, vf = test_fraction, val_fraction  # checked by pipeline.config.schema.SplitConfig
     n = data.n_samples
     n_train, n_val, n_test = _sizes(n, tf, vf)
     context = f"{n} rows is too few for split.test_fraction={tf:g}" + (

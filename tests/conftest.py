@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from pipeline.paths import CONF_DIR, PROJECT_ROOT
+from pipeline.config.paths import CONF_DIR, PROJECT_ROOT
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

@@ -1,4 +1,4 @@
-"""``python -m pipeline.compare``: what differs between runs, from a real sqlite store."""
+"""``python -m pipeline.commands.compare``: what differs between runs, from a real sqlite store."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.compare import main, number, signed
-from pipeline.paths import PROJECT_ROOT
+from pipeline.commands.compare import main, number, signed
+from pipeline.config.paths import PROJECT_ROOT
 from tests.conftest import FAST
 
 ENV = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
@@ -79,7 +79,7 @@ def _names(section: list[str]) -> list[str]:
 
 # -- no store needed ---------------------------------------------------------------------
 def test_history_csv_is_read_back_exactly_and_divergence_found() -> None:
-    from pipeline.tracking.compare import as_history, diverge
+    from pipeline.tracking.comparison import as_history, diverge
     from pipeline.tracking.runs import read_history
 
     class OneHistory:  # what read_history reads: a run's artifact as text
@@ -167,7 +167,7 @@ def test_two_children_params_metrics_and_digests(made, capsys) -> None:
 
 @pytest.mark.slow
 def test_a_parent_expands_to_its_children(made, capsys) -> None:
-    from pipeline.tracking.compare import compare
+    from pipeline.tracking.comparison import compare
 
     comparison = compare(made.uri, [made.parent])
     assert [run.run_id for run in comparison.runs] == made.children
@@ -246,7 +246,7 @@ def test_file_formats(made, capsys, tmp_path, monkeypatch) -> None:
 @pytest.mark.slow
 def test_unknown_id_and_a_lone_run_are_one_line_errors(made, capsys) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.compare", made.children[0], "f" * 32,
+        [sys.executable, "-m", "pipeline.commands.compare", made.children[0], "f" * 32,
          "--uri", made.uri], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
         env=ENV)
     assert done.returncode == 1 and done.stdout == ""

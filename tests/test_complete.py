@@ -1,6 +1,7 @@
-"""Completing a run's record afterwards (``python -m pipeline.complete``, ``make log-model``,
-``make plots``): a run made without its model and plots gets them, read back with MlflowClient,
-without changing its status or end time; what is missing or changed is one line."""
+"""Completing a run's record afterwards (``python -m pipeline.commands.complete``,
+``make log-model``, ``make plots``): a run made without its model and plots gets them, read
+back with MlflowClient, without changing its status or end time; what is missing or changed
+is one line."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from mlflow.tracking import MlflowClient
 
-from pipeline.complete import Completion, complete_run, main
-from pipeline.datastore import read_dataset
-from pipeline.paths import CONF_DIR, PROJECT_ROOT
-from pipeline.runner import run
-from pipeline.schema import validate
+from pipeline.commands.complete import main
+from pipeline.config.paths import CONF_DIR, PROJECT_ROOT
+from pipeline.config.schema import validate
+from pipeline.run.backfill import Completion, complete_run
+from pipeline.run.datastore import read_dataset
+from pipeline.run.runner import run
 from tests.conftest import FAST
 
 LEAN = ["tracking.log_model=false", "tracking.plots=false"]
@@ -45,7 +47,7 @@ class Made:
 
 
 class Store:
-    """A throw-away sqlite store, and runs made in it through ``pipeline.runner.run``."""
+    """A throw-away sqlite store, and runs made in it through ``pipeline.run.runner.run``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
+from pipeline.config.paths import CONF_DIR, PROJECT_ROOT
+from pipeline.config.schema import Config, validate
 from pipeline.errors import ConfigError
-from pipeline.paths import CONF_DIR, PROJECT_ROOT
-from pipeline.schema import Config, validate
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
@@ -107,7 +107,7 @@ def test_csv_without_path_is_rejected(compose_cfg) -> None:
 
 
 def test_schema_import_does_not_import_mlflow() -> None:
-    code = "import sys, pipeline.schema, pipeline.__main__; print('mlflow' in sys.modules)"
+    code = "import sys, pipeline.config.schema, pipeline.__main__; print('mlflow' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=PROJECT_ROOT, check=True)
     assert done.stdout.strip() == "False"

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.config.paths import PROJECT_ROOT
 from pipeline.mlp import MLP
-from pipeline.paths import PROJECT_ROOT
 from pipeline.tracking.journal import read_journal
 from pipeline.tracking.record import LIVE_WITHIN_S
 
@@ -251,14 +251,14 @@ def test_sigkill_leaves_running_until_clean_runs(tmp_path, store) -> None:
     finally:
         process.kill()
     assert only_run(store).info.status == "RUNNING"
-    fresh = subprocess.run([sys.executable, "-m", "pipeline.clean_runs", "--uri", store],
+    fresh = subprocess.run([sys.executable, "-m", "pipeline.commands.clean_runs", "--uri", store],
                            capture_output=True, text=True, cwd=PROJECT_ROOT, env=ENV)
     assert "0 stale run(s)" in fresh.stdout  # its heartbeat is recent: left alone
     # The dead process beats no more: let its last beat be older than any live run's.
     run_id = only_run(store).info.run_id
     beat = int(only_run(store).data.tags["pipeline.heartbeat"])
     MlflowClient(store).set_tag(run_id, "pipeline.heartbeat", str(beat - LIVE_WITHIN_S - 1))
-    done = subprocess.run([sys.executable, "-m", "pipeline.clean_runs", "--uri", store,
+    done = subprocess.run([sys.executable, "-m", "pipeline.commands.clean_runs", "--uri", store,
                            "--max-age-minutes", "0"], capture_output=True, text=True,
                           cwd=PROJECT_ROOT, env=ENV)
     assert done.returncode == 0 and "1 stale run(s) marked KILLED" in done.stdout

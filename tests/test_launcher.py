@@ -16,8 +16,8 @@ from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipeline import launcher
-from pipeline.paths import CONF_DIR, PROJECT_ROOT
+from pipeline.config.paths import CONF_DIR, PROJECT_ROOT
+from pipeline.sweeps import launcher
 
 TARGET = "hydra_plugins.pipeline_joblib_launcher.joblib_launcher.JoblibLauncher"
 

@@ -307,7 +307,7 @@ def test_ctrl_c_anywhere_in_an_atomic_write_leaves_no_temporary_file(tmp_path: P
     for n in range(1, 10_000):
         events = 0
 
-        def tracer(frame: object, event: str, arg: object) -> object:
+        def tracer(frame: object, event: str, arg: object, n: int = n) -> object:
             nonlocal events
             if event == "line":
                 events += 1

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.config.paths import PROJECT_ROOT
+from pipeline.config.schema import validate
 from pipeline.mlp import MLP
 from pipeline.mlp.parallel import part_count
-from pipeline.paths import PROJECT_ROOT
-from pipeline.runner import RunResult, run
-from pipeline.schema import validate
+from pipeline.run.runner import RunResult, run
 from stages.normalise import Normaliser
 from tests.conftest import FAST
 
@@ -149,7 +149,7 @@ def test_cache_hits_on_a_second_run(compose_cfg, tmp_path, isolated, store) -> N
     client = MlflowClient(store)
     assert client.get_run(first.run_id).data.tags["cache.generate"] == "miss"
     tags = client.get_run(second.run_id).data.tags
-    assert (tags["cache.generate"], tags["cache.split"], tags["cache.normalise"]) == (
+    assert (tags["cache.generate"], tags["cache.split"], tags["cache.preprocess"]) == (
         "hit", "hit", "hit")
 
 
@@ -243,7 +243,7 @@ def test_a_registered_activation_and_optimizer_are_usable_from_config(tmp_path, 
     assert "softsign" in json.dumps(checkpoint)
 
     # A stored config imports nothing by itself: the plugin is named again.
-    rerun = subprocess.run([sys.executable, "-m", "pipeline.rerun", run.info.run_id,
+    rerun = subprocess.run([sys.executable, "-m", "pipeline.commands.rerun", run.info.run_id,
                             f"tracking.uri={store}", "pipeline.plugins=[my_layers]"],
                            capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300, env=env)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]

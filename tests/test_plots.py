@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from pipeline import plots
+from pipeline.run import plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

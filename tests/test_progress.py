@@ -2,7 +2,7 @@
 
 import io
 
-from pipeline.progress import ProgressBar
+from pipeline.run.progress import ProgressBar
 
 
 def test_progress_bar_draws_and_ends_its_line_once() -> None:
@@ -17,7 +17,7 @@ def test_progress_bar_draws_and_ends_its_line_once() -> None:
 
 
 def test_runner_shows_no_bar_when_told_not_to(monkeypatch) -> None:
-    from pipeline.runner import _show_progress
+    from pipeline.run.runner import _show_progress
 
     assert _show_progress("false") is False
     assert _show_progress("true") is True

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.paths import PROJECT_ROOT
-from pipeline.runner import run
-from pipeline.schema import validate
-from pipeline.seeds import derive_seed, resolve_seeds
+from pipeline.config.paths import PROJECT_ROOT
+from pipeline.config.schema import validate
+from pipeline.config.seeds import derive_seed, resolve_seeds
+from pipeline.run.runner import run
 from tests.conftest import FAST
 
 ENV = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
@@ -58,7 +58,7 @@ def test_two_processes_give_identical_bytes(tmp_path, store) -> None:
 @pytest.mark.slow
 def test_rerun_reports_bit_for_bit_then_a_changed_config(tmp_path, store) -> None:
     original = train_cli(tmp_path, store, "orig")
-    done = cli(tmp_path, original, f"tracking.uri={store}", module="pipeline.rerun")
+    done = cli(tmp_path, original, f"tracking.uri={store}", module="pipeline.commands.rerun")
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     assert "reproduced bit for bit" in done.stdout
     client = MlflowClient(store)
@@ -70,7 +70,7 @@ def test_rerun_reports_bit_for_bit_then_a_changed_config(tmp_path, store) -> Non
     assert "warnings.warn(" not in done.stderr  # a warning is one log line, no source line
 
     changed = cli(tmp_path, original, f"tracking.uri={store}", "optimizer.lr=0.05",
-                  module="pipeline.rerun")
+                  module="pipeline.commands.rerun")
     assert changed.returncode == 1
     assert "config differs from the original: optimizer.lr: 0.02 -> 0.05" in changed.stdout
     assert "NOT reproduced: metric train_" in changed.stdout
@@ -80,7 +80,7 @@ def test_rerun_reports_bit_for_bit_then_a_changed_config(tmp_path, store) -> Non
 @pytest.mark.slow
 def test_rerun_warns_about_a_changed_environment(tmp_path, store) -> None:
     original = train_cli(tmp_path, store, "orig")
-    done = cli(tmp_path, original, f"tracking.uri={store}", module="pipeline.rerun",
+    done = cli(tmp_path, original, f"tracking.uri={store}", module="pipeline.commands.rerun",
                env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
     assert "warning: environment differs: blas_threads:" in done.stdout, done.stdout
 
@@ -97,7 +97,8 @@ def test_rerun_of_a_sweep_child(tmp_path, store) -> None:
                 if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2
     child = children[0]
-    again = cli(tmp_path, child.info.run_id, f"tracking.uri={store}", module="pipeline.rerun")
+    again = cli(tmp_path, child.info.run_id, f"tracking.uri={store}",
+                module="pipeline.commands.rerun")
     assert again.returncode == 0, again.stdout + again.stderr[-2000:]
     assert "reproduced bit for bit" in again.stdout
 
@@ -125,7 +126,7 @@ def test_rerun_against_a_tracking_server(tmp_path) -> None:
 
     for url in servers.start_mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path):
         original = train_cli(tmp_path, url, "orig")
-        done = cli(tmp_path, original, f"tracking.uri={url}", module="pipeline.rerun")
+        done = cli(tmp_path, original, f"tracking.uri={url}", module="pipeline.commands.rerun")
         assert done.returncode == 0, done.stdout + done.stderr[-2000:]
         assert "reproduced bit for bit" in done.stdout
 

@@ -21,8 +21,8 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from pipeline import artifacts
-from pipeline.paths import PROJECT_ROOT
+from pipeline.config.paths import PROJECT_ROOT
+from pipeline.run import artifacts
 from pipeline.tracking.journal import read_journal
 from tests.servers import MlflowServer
 from tests.test_failures import assert_user_error
@@ -499,9 +499,9 @@ def test_data_that_does_not_fit_is_named_as_such(compose_cfg, tmp_path, isolated
                                                  store) -> None:
     """Data too large for memory (past any up-front check) is reported as the data stage's,
     with the data setting to change, never as the model's."""
+    from pipeline.config.schema import validate
     from pipeline.errors import PipelineError
-    from pipeline.runner import run
-    from pipeline.schema import validate
+    from pipeline.run.runner import run
 
     config = validate(compose_cfg(*isolated, *QUIET, "train.epochs=5"))
     config.data.n_samples = 10**11  # past the schema: what still runs out of memory
@@ -516,9 +516,9 @@ def test_data_that_does_not_fit_is_named_as_such(compose_cfg, tmp_path, isolated
 
 def test_a_model_that_does_not_fit_is_named_as_such(compose_cfg, tmp_path, isolated,
                                                     store) -> None:
+    from pipeline.config.schema import validate
     from pipeline.errors import PipelineError
-    from pipeline.runner import run
-    from pipeline.schema import validate
+    from pipeline.run.runner import run
 
     config = validate(compose_cfg(*isolated, *QUIET, "train.epochs=5"))
     config.model.hidden_sizes = [2_000_000, 2_000_000]  # past the schema's memory check

@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.datastore import read_dataset
-from pipeline.paths import PROJECT_ROOT
-from pipeline.runner import RunResult, format_summary
-from pipeline.serve import main as serve_main
-from pipeline.serve import port_message, port_problem, serving_env
+from pipeline.commands.serve import main as serve_main
+from pipeline.commands.serve import port_message, port_problem, serving_env
+from pipeline.config.paths import PROJECT_ROOT
+from pipeline.run.datastore import read_dataset
+from pipeline.run.runner import RunResult, format_summary
 from pipeline.tracking.labels import class_labels, integer_classes
 from stages.train import build_model
 from tests.conftest import FAST
@@ -134,7 +134,7 @@ def test_serving_env_puts_the_venv_first_and_names_the_store(monkeypatch) -> Non
 
 
 def test_tracking_server_config_follows_the_server_address(compose_cfg, monkeypatch) -> None:
-    from pipeline.schema import validate
+    from pipeline.config.schema import validate
 
     monkeypatch.delenv("SERVER_HOST", raising=False)
     monkeypatch.delenv("SERVER_PORT", raising=False)
@@ -185,7 +185,7 @@ def test_predicted_label_has_the_labels_type(tmp_path: Path, classes: list[str],
 
 # -- the summary ---------------------------------------------------------------------------
 def test_summary_prints_the_model_uri() -> None:
-    from pipeline.paths import DEFAULT_STORE
+    from pipeline.config.paths import DEFAULT_STORE
 
     base = {"run_id": "r1", "experiment_id": "1", "url": "http://127.0.0.1:5000/#/x",
             "metrics": {"test_accuracy": 1.0}}

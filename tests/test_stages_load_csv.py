@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stages.load_csv as load_csv_module
+from pipeline.config.schema import validate
 from pipeline.errors import ConfigError
-from pipeline.schema import validate
 from stages.dataset import DataError, Dataset
 from stages.load_csv import DroppedRowsWarning, check_csv_path, load_csv
 

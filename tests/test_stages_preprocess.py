@@ -86,7 +86,7 @@ def test_without_transforms_preprocess_is_normalise_bit_for_bit() -> None:
 def test_without_transforms_metadata_is_todays_checkpoint_metadata() -> None:
     parts = split_dataset(generate_rf(n_samples=200, seed=3), seed=5)
     pre, prepared = preprocess(parts, [])
-    # what pipeline/runner.py writes today, key for key
+    # what pipeline/run/data.py writes today, key for key
     today = {
         "normaliser": prepared.normaliser.to_dict(),
         "feature_names": list(prepared.train.feature_names),

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.paths import PROJECT_ROOT
+from pipeline.config.paths import PROJECT_ROOT
 from pipeline.tracking.store import StoreError, open_store
 from tests.test_tracking_faults import (
     AS_UNPRIVILEGED,
@@ -266,7 +266,7 @@ READER = textwrap.dedent("""
 def waiting_for(ready: Path, go: Path, *args: str) -> list[str]:
     """``python -m pipeline args``: imports what it needs, touches ``ready``, and starts
     once ``go`` exists."""
-    code = (f"import runpy, sys, time, pathlib; import pipeline.runner; "
+    code = (f"import runpy, sys, time, pathlib; import pipeline.run.runner; "
             f"pathlib.Path({str(ready)!r}).touch(); go = pathlib.Path({str(go)!r})\n"
             "while not go.exists(): time.sleep(0.002)\n"
             f"sys.argv = ['pipeline', *{list(args)!r}]; runpy.run_module('pipeline', "
@@ -356,7 +356,7 @@ def test_clean_runs_never_ends_a_live_run(tmp_path: Path) -> None:
         beat = float(client.get_run(run_id).data.tags["pipeline.heartbeat"])
         # Older than the age given (yet younger than the heartbeat's period): what counts.
         time.sleep(max(0.0, beat + float(minutes) * 60 + 1.5 - time.time()))
-        cleaned = run_cli([sys.executable, "-m", "pipeline.clean_runs", "--uri", uri,
+        cleaned = run_cli([sys.executable, "-m", "pipeline.commands.clean_runs", "--uri", uri,
                            "--max-age-minutes", minutes])
         assert job.alive(), "the run ended before clean-runs looked at it; make it longer"
         ended = job.wait(timeout=600)
@@ -428,9 +428,10 @@ def test_a_read_only_store_can_be_compared_and_cleaned(sweep_store: tuple[Path, 
     with read_only(folder):
         write = run_cli(["touch", str(probe)], prefix=prefix)
         assert write.returncode != 0 and not probe.exists()  # it really is read-only
-        compared = run_cli([sys.executable, "-m", "pipeline.compare", parent, "--uri", uri],
+        compared = run_cli([sys.executable, "-m", "pipeline.commands.compare", parent,
+                            "--uri", uri],
                            prefix=prefix)
-        cleaned = run_cli([sys.executable, "-m", "pipeline.clean_runs", "--uri", uri],
+        cleaned = run_cli([sys.executable, "-m", "pipeline.commands.clean_runs", "--uri", uri],
                           prefix=prefix)
     assert compared.returncode == 0, compared.stderr[-3000:]
     assert "2 runs in" in compared.stdout, compared.stdout[-2000:]
@@ -460,8 +461,8 @@ def test_a_bad_uri_is_one_line_and_exit_1(tmp_path: Path, case: str, command: st
         "sweep": [sys.executable, "-m", "pipeline", "-m", "seed=1,2", *QUICK,
                   f"tracking.uri={override}", f"hydra.sweep.dir={out}",
                   f"pipeline.cache_dir={tmp_path / 'cache'}"],
-        "compare": [sys.executable, "-m", "pipeline.compare", "0" * 32, "--uri", plain],
-        "clean-runs": [sys.executable, "-m", "pipeline.clean_runs", "--uri", plain],
+        "compare": [sys.executable, "-m", "pipeline.commands.compare", "0" * 32, "--uri", plain],
+        "clean-runs": [sys.executable, "-m", "pipeline.commands.clean_runs", "--uri", plain],
     }[command]
     done = run_cli(args)
     one_line_error(done, shown, fix)

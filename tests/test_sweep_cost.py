@@ -14,10 +14,10 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipeline import composition
-from pipeline.paths import CONF_DIR
-from pipeline.runner import LEAN_MAX_POINTS, record_plan
-from pipeline.schema import validate
+from pipeline.config.paths import CONF_DIR
+from pipeline.config.schema import validate
+from pipeline.run.runner import LEAN_MAX_POINTS, record_plan
+from pipeline.sweeps import composition
 from pipeline.tracking import store as store_module
 from pipeline.tracking.store import open_store
 
@@ -248,7 +248,7 @@ def _sweep(tmp_path: Path, *args: str) -> tuple[MlflowClient, object, list, str]
     import subprocess
     import sys
 
-    from pipeline.paths import PROJECT_ROOT
+    from pipeline.config.paths import PROJECT_ROOT
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     done = subprocess.run(
@@ -321,21 +321,21 @@ def test_a_lean_child_reruns_bit_for_bit_and_compares(tmp_path) -> None:
     import subprocess
     import sys
 
-    from pipeline.paths import PROJECT_ROOT
+    from pipeline.config.paths import PROJECT_ROOT
 
     _, parent, children, _ = _sweep(tmp_path, "seed=1,2", "train.epochs=300")
     other = next(c for c in children if c.info.run_id != parent.data.tags["best_run_id"])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     rerun = subprocess.run(
-        [sys.executable, "-m", "pipeline.rerun", other.info.run_id, f"tracking.uri={uri}"],
+        [sys.executable, "-m", "pipeline.commands.rerun", other.info.run_id, f"tracking.uri={uri}"],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300, env=env)
     # The child's store holds 100 thinned points, the rerun (a single run) every epoch:
     # the comparison reads both from history.csv.
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert "reproduced bit for bit" in rerun.stdout
     compare = subprocess.run(
-        [sys.executable, "-m", "pipeline.compare", *(c.info.run_id for c in children),
+        [sys.executable, "-m", "pipeline.commands.compare", *(c.info.run_id for c in children),
          "--uri", uri], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300, env=env)
     assert compare.returncode == 0, compare.stderr[-2000:]
     assert "params: 5 differ" in compare.stdout  # seed and the four seeds derived from it

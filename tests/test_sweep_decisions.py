@@ -25,7 +25,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from pipeline.paths import PROJECT_ROOT
+from pipeline.config.paths import PROJECT_ROOT
 from tests.conftest import FAST
 
 pytestmark = pytest.mark.slow
@@ -265,7 +265,7 @@ def test_compare_two_seeds_of_one_configuration(seeded: Sweep) -> None:
     pair = sorted((k for k in kids if config_of(k)[1] == 0.003), key=config_of)[:2]
     assert [config_of(k)[0] for k in pair] == [1, 2]
     ids = [k.info.run_id for k in pair]
-    command = [sys.executable, "-m", "pipeline.compare", *ids, "--uri", seeded.uri]
+    command = [sys.executable, "-m", "pipeline.commands.compare", *ids, "--uri", seeded.uri]
     done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT,
                           timeout=120, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from pipeline.errors import PipelineError
-from pipeline.sweep import _defining, _resumed_overrides, _with_replicates
+from pipeline.sweeps.callback import _defining, _resumed_overrides, _with_replicates
+from pipeline.tracking.parent import PastSweep
 from pipeline.tracking.store import experiment_id, open_store
 from pipeline.tracking.summary import (
     current_attempts,
@@ -25,7 +26,6 @@ from pipeline.tracking.summary import (
     seed_groups,
     summarise,
 )
-from pipeline.tracking.sweep import PastSweep
 
 BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -211,7 +211,7 @@ def test_a_resumed_job_waits_for_a_live_attempt_at_its_configuration(tmp_path: P
     import threading
     import time
 
-    from pipeline.tracking.sweep import finished_child
+    from pipeline.tracking.parent import finished_child
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     store = open_store(uri)

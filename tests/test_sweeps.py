@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.paths import PROJECT_ROOT
+from pipeline.config.paths import PROJECT_ROOT
 from tests import servers
 
 pytestmark = pytest.mark.slow
@@ -154,9 +154,9 @@ def test_joblib_workers_are_warm_before_the_first_job() -> None:
     from joblib import Parallel, delayed
     from joblib.externals.loky import get_reusable_executor
 
-    from pipeline import sweep as sweep_module
-    from pipeline.paths import CONF_DIR
-    from pipeline.sweep import _start_joblib_workers, joblib_settings, wait_for_workers
+    from pipeline.config.paths import CONF_DIR
+    from pipeline.sweeps import callback as sweep_module
+    from pipeline.sweeps.callback import _start_joblib_workers, joblib_settings, wait_for_workers
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
@@ -235,7 +235,8 @@ def test_interrupting_a_parallel_sweep_stops_it_cleanly(tmp_path, store, how, co
         # The parent's first heartbeat is its start, over 25 s ago by now; only a refresh
         # (every 15 s, a little later on a busy machine) keeps it younger than 20 s.
         time.sleep(25)
-        fresh = subprocess.run([sys.executable, "-m", "pipeline.clean_runs", "--uri", store,
+        fresh = subprocess.run([sys.executable, "-m", "pipeline.commands.clean_runs",
+                                "--uri", store,
                                 "--max-age-minutes", str(20 / 60)], capture_output=True, text=True,
                                cwd=PROJECT_ROOT, env=env)
         assert "0 stale run(s)" in fresh.stdout, fresh.stdout + fresh.stderr
@@ -277,7 +278,7 @@ def test_a_stop_the_garbage_collector_swallowed_still_stops_the_next_job(monkeyp
     must still stop before its next job (basic launcher: jobs run in this process)."""
     import signal as signals
 
-    import pipeline.sweep as sweep
+    import pipeline.sweeps.callback as sweep
 
     monkeypatch.setattr(sweep, "_stopping", None)
     sweep.raise_if_stopping()  # nothing asked to stop: no-op

@@ -1,4 +1,4 @@
-"""``make sync`` (``pipeline.sync``) never contradicts itself: a run reads the same in the
+"""``make sync`` (``pipeline.commands.sync``) never contradicts itself: a run reads the same in the
 store, its journal and its sweep's summary, whatever order crashes, syncs and resumes came in.
 
 1. a sweep job synced after its sweep counted it failed: the parent is brought up to date;
@@ -33,8 +33,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from pipeline.paths import PROJECT_ROOT
-from pipeline.sync import main as sync_main
+from pipeline.commands.sync import main as sync_main
+from pipeline.config.paths import PROJECT_ROOT
 from pipeline.tracking import record as names
 from pipeline.tracking.journal import (
     JOURNAL_NAME,
@@ -44,7 +44,7 @@ from pipeline.tracking.journal import (
     read_journal,
 )
 from pipeline.tracking.recorder import FINAL_BUDGET_S
-from pipeline.tracking.sync import KILLED_WITHOUT_END
+from pipeline.tracking.sending import KILLED_WITHOUT_END
 from tests.test_tracking_faults import (
     ENV,
     Background,
@@ -120,7 +120,7 @@ def runs_in(uri: str, experiment: str = EXPERIMENT) -> list[Any]:
 
 
 def cli_sync(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``python -m pipeline.sync ARGS`` in this process: exit code, stdout, stderr."""
+    """``python -m pipeline.commands.sync ARGS`` in this process: exit code, stdout, stderr."""
     code = sync_main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
@@ -446,7 +446,7 @@ def run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProces
 
 
 def sync(target: Path, *extra: str) -> subprocess.CompletedProcess:
-    done = run_cli([sys.executable, "-m", "pipeline.sync", str(target), *extra])
+    done = run_cli([sys.executable, "-m", "pipeline.commands.sync", str(target), *extra])
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     return done
@@ -542,7 +542,7 @@ def test_a_job_synced_after_its_sweep_counted_it_failed_updates_the_parent(
         assert parent.data.tags["error"] == "1 job(s) failed"
         assert sent_state(sweep_dir / JOURNAL_NAME)["complete"]  # "already sent"
 
-    syncs = [Background([sys.executable, "-m", "pipeline.sync", str(target)],
+    syncs = [Background([sys.executable, "-m", "pipeline.commands.sync", str(target)],
                         tmp_path / f"sync-{name}")
              for name, target in (("a", sweep_a), ("b", sweep_b / "1"))]
     for job, uri in zip(syncs, (uri_a, uri_b), strict=True):
@@ -674,7 +674,8 @@ def test_an_interrupted_sync_says_so_and_leaves_no_run_running(tmp_path: Path,
     finished = False
     for attempt, after in enumerate(SIGNAL_AFTER_S):
         before = sent_version(path)
-        job = Background([sys.executable, "-m", "pipeline.sync", str(folder), "--uri", uri],
+        job = Background([sys.executable, "-m", "pipeline.commands.sync", str(folder),
+                          "--uri", uri],
                          tmp_path / f"sync-{attempt}")
         wait_for("the sync to have the run", lambda b=before: sent_version(path) != b, job,
                  timeout=60, every=0.001)
@@ -814,7 +815,7 @@ def interrupt_sweep_sync(tmp_path: Path, original: Path, attempt: int, moment: s
             sweep_dir / JOURNAL_NAME).start["experiment"])
         lock = StoreLock(db, "DEFERRED")
     try:
-        with background([sys.executable, "-m", "pipeline.sync", str(sweep_dir), "--uri",
+        with background([sys.executable, "-m", "pipeline.commands.sync", str(sweep_dir), "--uri",
                          sqlite_uri(db)], tmp_path / f"sync-{attempt}") as job:
             wait_for(moment, sweep_moment(moment, sweep_dir, db), job, timeout=60,
                      every=0.001)

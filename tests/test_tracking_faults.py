@@ -2,7 +2,8 @@
 
 A lost server, an offline run, another store, a live or killed run's journal, heartbeats
 against clean-runs, a read-only store and a full disk: each through the real CLI
-(``python -m pipeline``, ``pipeline.sync``, ``pipeline.clean_runs``) and real stores.
+(``python -m pipeline``, ``pipeline.commands.sync``, ``pipeline.commands.clean_runs``) and real
+stores.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from pipeline.paths import PROJECT_ROOT
+from pipeline.config.paths import PROJECT_ROOT
 from pipeline.tracking.journal import Journal, epoch_rows, read_journal
 from pipeline.tracking.record import LIVE_WITHIN_S
 from tests.servers import MlflowServer
@@ -66,11 +67,11 @@ def run_pipeline(tmp_path: Path, out: Path, *overrides: str, checkpoint_every: i
 
 
 def sync(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_cli([sys.executable, "-m", "pipeline.sync", str(out), *extra], timeout=600)
+    return run_cli([sys.executable, "-m", "pipeline.commands.sync", str(out), *extra], timeout=600)
 
 
 def clean_runs(uri: str, max_age_minutes: float) -> subprocess.CompletedProcess:
-    return run_cli([sys.executable, "-m", "pipeline.clean_runs", "--uri", uri,
+    return run_cli([sys.executable, "-m", "pipeline.commands.clean_runs", "--uri", uri,
                     "--max-age-minutes", str(max_age_minutes)], timeout=300)
 
 
@@ -183,7 +184,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) ->
 
 
 def sent_run_id(done: subprocess.CompletedProcess) -> str:
-    """The run id ``pipeline.sync`` printed ("... -> run <id> (STATUS) in <uri>")."""
+    """The run id ``pipeline.commands.sync`` printed ("... -> run <id> (STATUS) in <uri>")."""
     found = re.findall(r" -> run ([0-9a-f]+) ", done.stdout)
     assert len(found) == 1, done.stdout
     return found[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.paths import PROJECT_ROOT
+from pipeline.config.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def start_together(commands: list[list[str]], go: Path) -> list[subprocess.Compl
 
 def pipeline_waiting_for(go: Path, *args: str) -> list[str]:
     """``python -m pipeline args`` that starts once ``go`` exists (imports done before)."""
-    code = (f"import runpy, sys, time, pathlib; import pipeline.runner; "
+    code = (f"import runpy, sys, time, pathlib; import pipeline.run.runner; "
             f"go = pathlib.Path({str(go)!r})\n"
             "while not go.exists(): time.sleep(0.005)\n"
             f"sys.argv = ['pipeline', *{list(args)!r}]; runpy.run_module('pipeline', "

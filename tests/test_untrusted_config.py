@@ -20,10 +20,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline.config.paths import PROJECT_ROOT
+from pipeline.config.schema import import_plugins, physical_memory, validate
 from pipeline.errors import ConfigError
-from pipeline.paths import PROJECT_ROOT
-from pipeline.runner import run
-from pipeline.schema import import_plugins, physical_memory, validate
+from pipeline.run.runner import run
 from stages.generate import generate_rf
 from stages.normalise import fit_normaliser
 from stages.split import split_dataset
@@ -101,7 +101,7 @@ def test_rerun_never_imports_a_plugin_named_by_the_stored_config(tmp_path, store
     assert module == f"mlruns.{original}.artifacts.evil"  # the default store's layout
     tamper(tmp_path, store, original, "orig", pipeline={"plugins": [module]})
 
-    done = cli(original, f"tracking.uri={store}", module="pipeline.rerun", cwd=tmp_path)
+    done = cli(original, f"tracking.uri={store}", module="pipeline.commands.rerun", cwd=tmp_path)
     assert not marker.exists(), "the stored config's plugin was imported"
     assert done.returncode == 1, done.stdout[-1000:] + done.stderr[-2000:]
     assert "Traceback" not in done.stderr
@@ -113,29 +113,27 @@ def test_rerun_never_imports_a_plugin_named_by_the_stored_config(tmp_path, store
     assert run_ids(store) == [original]  # no rerun was started
 
     # make plots redraws from the same stored config: the same rule.
-    plots = cli(original, "--plots", "--uri", store, module="pipeline.complete", cwd=tmp_path)
+    plots = cli(original, "--plots", "--uri", store, module="pipeline.commands.complete",
+                cwd=tmp_path)
     assert not marker.exists(), "make plots imported the stored config's plugin"
     assert plots.returncode == 1 and "Traceback" not in plots.stderr
     assert lines_of(plots.stderr) == [
         f"error: run {original}'s stored config names pipeline.plugins [{module}], and code "
         "that a stored config names is never imported; if you trust it, name it: "
-        f"python -m pipeline.complete {original} --plots --uri '{store}' --plugins {module}"]
+        f"python -m pipeline.commands.complete {original} --plots --uri '{store}' "
+        f"--plugins {module}"]
     assert MlflowClient(store).get_run(original).data.tags["plots_logged"] == "false"
 
     accepted = cli(original, f"tracking.uri={store}", f"pipeline.plugins=[{module}]",
-                   module="pipeline.rerun", cwd=tmp_path)
+                   module="pipeline.commands.rerun", cwd=tmp_path)
     assert accepted.returncode == 0, accepted.stdout[-1000:] + accepted.stderr[-2000:]
     assert marker.exists() and "reproduced bit for bit" in accepted.stdout
 
 
 def test_a_stored_plugin_not_named_on_the_command_line_is_refused_before_any_import() -> None:
+    from pipeline.commands.rerun import given_on_command_line, rerun_command
     from pipeline.errors import PipelineError
-    from pipeline.rerun import (
-        PLUGINS,
-        check_stored_plugins,
-        given_on_command_line,
-        rerun_command,
-    )
+    from pipeline.run.stored_config import PLUGINS, check_stored_plugins
 
     overrides = ["pipeline.plugins=[c]", "optimizer.lr=0.1"]
     command = rerun_command("R", overrides, PLUGINS)
@@ -198,7 +196,7 @@ def test_rerun_checks_a_stored_data_path_against_the_runs_digest(tmp_path, store
     secret_file.write_text(f"{SECRET},1,0\n2,3,1\n4,5,0\n")
     tamper(tmp_path, store, original, "orig", data={"path": str(secret_file)})
 
-    done = cli(original, f"tracking.uri={store}", module="pipeline.rerun")
+    done = cli(original, f"tracking.uri={store}", module="pipeline.commands.rerun")
     assert done.returncode == 1, done.stdout[-1000:] + done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert lines_of(done.stderr) == [
@@ -212,17 +210,17 @@ def test_rerun_checks_a_stored_data_path_against_the_runs_digest(tmp_path, store
     # A valid CSV with other rows: loads, but its digest is not the run's.
     other = _csv(tmp_path / "elsewhere" / "other.csv", rows=100)
     tamper(tmp_path, store, original, "orig", data={"path": str(other)})
-    changed = cli(original, f"tracking.uri={store}", module="pipeline.rerun")
+    changed = cli(original, f"tracking.uri={store}", module="pipeline.commands.rerun")
     assert changed.returncode == 1 and run_ids(store) == [original]
     assert "(its rows are not that run's data)" in changed.stderr, changed.stderr
 
     tamper(tmp_path, store, original, "orig", data={"path": str(data)})  # as recorded
-    same = cli(original, f"tracking.uri={store}", module="pipeline.rerun")
+    same = cli(original, f"tracking.uri={store}", module="pipeline.commands.rerun")
     assert same.returncode == 0, same.stdout[-1000:] + same.stderr[-2000:]
     assert "reproduced bit for bit" in same.stdout
 
     chosen = cli(original, f"tracking.uri={store}", f"data.path={other}",
-                 module="pipeline.rerun")
+                 module="pipeline.commands.rerun")
     assert "does not hold the data" not in chosen.stderr
     assert f"config differs from the original: data.path: '{data}' -> '{other}'" in (
         chosen.stdout)
@@ -387,8 +385,8 @@ def test_features_near_1e300_train_to_full_accuracy(compose_cfg, tmp_path, isola
                                       "tracking.plots=false", "tracking.log_model=false")),
                  output_dir=tmp_path / "out")
     assert result.metrics["test_accuracy"] == 1.0
-    stats = json.loads((tmp_path / "out" / "data" / "03_normalise" / "normaliser.json"
-                        ).read_text())
+    stats = json.loads((tmp_path / "out" / "data" / "03_preprocess" / "preprocessor.json"
+                        ).read_text())["normaliser"]
     assert 1e299 < stats["std"][0] < 1e301, stats
 
 
@@ -433,10 +431,10 @@ def test_make_train_with_too_many_samples_is_one_line_and_no_run(tmp_path, store
 # ---- 5. serving a folder that is not a model ----------------------------------------------
 
 def _serve(*args: str, cwd: Path = PROJECT_ROOT) -> list[str]:
-    """What ``python -m pipeline.serve`` printed; it must have failed with exit 1."""
+    """What ``python -m pipeline.commands.serve`` printed; it must have failed with exit 1."""
     from tests.servers import free_port
 
-    done = cli(*args, "--port", str(free_port()), module="pipeline.serve", cwd=cwd,
+    done = cli(*args, "--port", str(free_port()), module="pipeline.commands.serve", cwd=cwd,
                timeout=120)
     assert done.returncode == 1, done.stdout + done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]

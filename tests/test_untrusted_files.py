@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.config.paths import PROJECT_ROOT
+from pipeline.config.schema import validate
 from pipeline.errors import PipelineError
 from pipeline.mlp import MLP, CheckpointError, checkpoint
-from pipeline.paths import PROJECT_ROOT
-from pipeline.rerun import load_stored_config
-from pipeline.runner import _architecture_mismatch
-from pipeline.schema import validate
+from pipeline.run.runner import _architecture_mismatch
+from pipeline.run.stored_config import load_stored_config
 from stages.train import Architecture, plan_architecture
 
 ENV = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
@@ -384,7 +384,7 @@ def test_rerun_refuses_a_stored_interpolation_and_leaks_nothing(tmp_path) -> Non
         original, "config.yaml", str(tmp_path / "check"))).read_text()
 
     secret = "s3cr3t-token-value-4711"
-    done = cli(original, f"tracking.uri={store}", module="pipeline.rerun",
+    done = cli(original, f"tracking.uri={store}", module="pipeline.commands.rerun",
                env={"SECRET_TOKEN": secret})
     assert done.returncode == 1, done.stdout[-1000:] + done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]

@@ -1,5 +1,5 @@
 """The launcher class ``conf/hydra/launcher/joblib.yaml`` names; the work is in
-:func:`pipeline.launcher.launch`, imported only when a sweep launches."""
+:func:`pipeline.sweeps.launcher.launch`, imported only when a sweep launches."""
 
 from __future__ import annotations
 
@@ -14,6 +14,6 @@ class JoblibLauncher(joblib_launcher.JoblibLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
-        from pipeline.launcher import launch
+        from pipeline.sweeps.launcher import launch
 
         return launch(self, job_overrides, initial_job_idx)

@@ -53,11 +53,12 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from .clipping import CLIPPERS
 from .errors import CheckpointError
 from .network import ParameterLayout
 from .optimizers import make_optimizer
+from .settings import check_setting
 from .state import Model, TrainingState
+from .validation import SettingError
 
 FORMAT_VERSION = 1
 M = TypeVar("M", bound=Model)
@@ -273,15 +274,10 @@ def _training_state(obj: Any, model: Model) -> TrainingState:
     clip_value = _field(obj, "clip_value", w, "number")
     if epoch < 0:
         raise _Problem(f"training.epoch must be >= 0, got {epoch}")
-    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
-                                   or batch_size < 1):
-        raise _Problem(f"training.batch_size must be null or an int >= 1, got {batch_size!r}")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise _Problem(f"training.weight_decay must be a finite number >= 0, got {weight_decay}")
-    if clip not in CLIPPERS:
-        raise _Problem(f"training.clip {clip!r} is unknown; valid: {sorted(CLIPPERS)}")
-    if not (math.isfinite(clip_value) and clip_value > 0):
-        raise _Problem(f"training.clip_value must be a finite number > 0, got {clip_value}")
+    batch_size = _stored_setting(w + "batch_size", "batch_size", batch_size)
+    weight_decay = _stored_setting(w + "weight_decay", "weight_decay", weight_decay)
+    clip = _stored_setting(w + "clip", "clip", clip)
+    clip_value = _stored_setting(w + "clip_value", "clip_value", clip_value)
 
     spec = _field(obj, "optimizer", w, "object")
     w = "training.optimizer."
@@ -305,9 +301,8 @@ def _training_state(obj: Any, model: Model) -> TrainingState:
     optimizer.set_state(step, arrays)
 
     shuffle = _field(obj, "shuffle", "training.", "object")
-    seed = _field(shuffle, "seed", "training.shuffle.", "any")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise _Problem(f"training.shuffle.seed must be null or an int >= 0, got {seed!r}")
+    seed = _stored_setting("training.shuffle.seed", "shuffle_seed",
+                           _field(shuffle, "seed", "training.shuffle.", "any"))
     generator = _field(shuffle, "generator", "training.shuffle.", "object")
     if generator.get("bit_generator") != "PCG64":
         raise _Problem("training.shuffle.generator must be a PCG64 state, got "
@@ -318,8 +313,19 @@ def _training_state(obj: Any, model: Model) -> TrainingState:
     except (ValueError, TypeError, KeyError, OverflowError) as error:
         raise _Problem(f"training.shuffle.generator is not a valid PCG64 state ({error})") from None
     return TrainingState(epoch=epoch, optimizer=optimizer, shuffle_rng=rng, shuffle_seed=seed,
-                         batch_size=batch_size, weight_decay=float(weight_decay), clip=clip,
-                         clip_value=float(clip_value))
+                         batch_size=batch_size, weight_decay=weight_decay, clip=clip,
+                         clip_value=clip_value)
+
+
+def _stored_setting(where: str, name: str, value: Any) -> Any:
+    """A training setting read from a checkpoint at ``where``, checked by the rule that
+    :class:`~.settings.TrainSettings` applies to the setting ``name`` (one definition)."""
+    try:
+        return check_setting(name, value)
+    except SettingError as error:
+        raise _Problem(f"{where} must be {error.rule}, got {error.value!r}") from None
+    except ValueError as error:  # an unknown name (clip): the registry lists the valid ones
+        raise _Problem(f"{where}: {error}") from None
 
 
 def default_memory_budget() -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,33 @@ def _check_real(name: str, value: Any, *, positive: bool) -> float:
     if not ok:
         raise SettingError(name, value, f"a finite number {'> 0' if positive else '>= 0'}")
     return float(value)
+
+
+def _check_clip(name: str, value: Any) -> str:
+    get_clipper(value)  # ValueError naming the valid methods
+    return str(value)
+
+
+# Each setting's rule, by name: TrainSettings checks a given value with it, and the checkpoint
+# loader a stored one (a checkpoint's training state holds some of them), so both follow one
+# definition. In the order they are checked.
+_RULES: dict[str, Callable[[str, Any], Any]] = {
+    "clip": _check_clip,
+    "epochs": lambda name, value: _check_int(name, value, 1),
+    "batch_size": lambda name, value: _check_int(name, value, 1, optional=True),
+    "weight_decay": lambda name, value: _check_real(name, value, positive=False),
+    "clip_value": lambda name, value: _check_real(name, value, positive=True),
+    "early_stopping_patience": lambda name, value: _check_int(name, value, 1, optional=True),
+    "shuffle_seed": lambda name, value: _check_int(name, value, 0, optional=True),
+    "threads": lambda name, value: _check_int(name, value, 1, optional=True),
+}
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """``value`` checked by the rule of the training setting ``name`` and normalised (an int,
+    a float); :class:`SettingError` naming the setting, the rule and the value otherwise (a
+    ValueError listing the valid names for an unknown ``clip``)."""
+    return _RULES[name](name, value)
 
 
 @dataclass(frozen=True)
@@ -88,23 +115,13 @@ class TrainSettings:
         # The optimiser's own checks (name, learning rate, options), without building one.
         learning_rate, options = get_optimizer(self.optimizer).resolve(
             self.learning_rate, self.optimizer_options)
-        get_clipper(self.clip)
+        clip = check_setting("clip", self.clip)
         if not isinstance(self.resume, bool | np.bool_):
             raise ValueError(f"resume must be True or False, got {self.resume!r}")
-        checked = {
-            "learning_rate": learning_rate,
-            "epochs": _check_int("epochs", self.epochs, 1),
-            "batch_size": _check_int("batch_size", self.batch_size, 1, optional=True),
-            "optimizer_options": options,
-            "weight_decay": _check_real("weight_decay", self.weight_decay, positive=False),
-            "clip_value": _check_real("clip_value", self.clip_value, positive=True),
-            "early_stopping_patience": _check_int("early_stopping_patience",
-                                                  self.early_stopping_patience, 1,
-                                                  optional=True),
-            "shuffle_seed": _check_int("shuffle_seed", self.shuffle_seed, 0, optional=True),
-            "resume": bool(self.resume),
-            "threads": _check_int("threads", self.threads, 1, optional=True),
-        }
+        checked = {"learning_rate": learning_rate, "optimizer_options": options, "clip": clip,
+                   "resume": bool(self.resume)}
+        checked.update({name: check_setting(name, getattr(self, name))
+                        for name in _RULES if name != "clip"})
         for name, value in checked.items():  # frozen: the dataclass way to normalise
             object.__setattr__(self, name, value)
 

@@ -8,10 +8,14 @@ client. What a run records, and under which names, is in :mod:`.record`; how:
 * :mod:`.shipper`   journal records into an MLflow run, idempotently, in few calls;
 * :mod:`.thinning`  which epochs of a long run the store gets (``tracking.max_points``);
 * :mod:`.store`     opening a store (created once, under a lock) and retried writes;
-* :mod:`.sync`      journals sent to a store later (``python -m pipeline.sync``);
-* :mod:`.sweep`     a sweep's parent run; :mod:`.summary` its summary;
+* :mod:`.sending`   journals sent to a store later (``python -m pipeline.commands.sync``);
+* :mod:`.parent`    a sweep's parent run; :mod:`.summary` its summary;
 * :mod:`.runs`      reads for reruns, resumes, clean-up and links;
+* :mod:`.comparison`  what differs between runs (``python -m pipeline.commands.compare``);
+* :mod:`.completion`  a stored run's model and plots logged afterwards (the store's side);
 * :mod:`.model`     the pyfunc model (:mod:`.pyfunc_model` is its code).
 
-Importing this package costs nothing: the submodules import MLflow when first used.
+Below the single run (:mod:`pipeline.run`); imports only the config, the leaf helpers, the
+stages and the core. Importing this package costs nothing: the submodules import MLflow
+when first used.
 """

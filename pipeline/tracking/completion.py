@@ -1,4 +1,4 @@
-"""The store side of completing a run's record (``python -m pipeline.complete``).
+"""The store side of completing a run's record (``python -m pipeline.commands.complete``).
 
 :func:`open_run` finds one ended run in a store and returns a :class:`StoredRun`, which
 reads the run's artifacts, logs its MLflow model or its plots afterwards and sets the

@@ -2,7 +2,7 @@
 
 One JSON object per line (JSON Lines), appended and flushed as the run goes, so a
 crash (SIGKILL, power loss) loses at most the last, partial line. The store is fed
-from the journal in the background, and ``python -m pipeline.sync`` replays a journal
+from the journal in the background, and ``python -m pipeline.commands.sync`` replays a journal
 into any store later; every record is applied idempotently, so replaying twice
 changes nothing.
 
@@ -29,7 +29,7 @@ Record kinds (the ``k`` field):
                 "time_ms": t, "last_epoch": e | null, "best_epoch": e | null}``; a
                 sweep's parent also ``counts`` (``{"children", "failed", "killed"}``),
                 ``not_started``, ``max_failures`` and ``aborted``. Only ``end`` records
-                may follow an ``end``: ``pipeline.sync`` appends one (``"by": "sync"``)
+                may follow an ``end``: ``pipeline.commands.sync`` appends one (``"by": "sync"``)
                 when it decides or changes how the run ended; the last one holds.
 
 A journal is read back as untrusted input (it may have been edited, or come from
@@ -232,7 +232,7 @@ class JournalWriter:
 
 
 def append_record(path: Path, record: Mapping[str, Any]) -> None:
-    """Append ``record`` to the closed journal ``path`` (``pipeline.sync`` closing a run);
+    """Append ``record`` to the closed journal ``path`` (``pipeline.commands.sync`` closing a run);
     a partial last line, left by a crash, is cut off first. Raises OSError."""
     fd = os.open(path, os.O_RDWR)
     try:

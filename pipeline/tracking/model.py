@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -13,16 +15,28 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import Model, ModelSignature
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.types import ColSpec, Schema
 
+from pipeline.config.paths import PROJECT_ROOT
 from pipeline.errors import TrackingError
-from pipeline.paths import PROJECT_ROOT
 from pipeline.tracking.labels import integer_classes
 from pipeline.tracking.store import Store, StoreError, explain, sqlite_path
+from stages.preprocess import Preprocessor
+from stages.transforms import StoredMetadataError
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 MODEL_NAME = "model"
+CHECKPOINT_ARTIFACT = "checkpoint"  # the model's artifact holding checkpoints/final.json
+# The plugin modules the user names for a served model (``make serve PLUGINS=a,b``): the
+# model's load_context imports these, and only these (see pyfunc_model.py).
+PLUGINS_ENV = "PIPELINE_MODEL_PLUGINS"
 T = TypeVar("T")
+
+
+def plugin_names(text: str) -> list[str]:
+    """The module names of a comma-separated list (``"a, b.c"`` -> ``["a", "b.c"]``)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _requirements() -> list[str]:
@@ -89,7 +103,7 @@ def log_model(store: Store, experiment_id: str, run_id: str, checkpoint: Path,
             info = Model.log(
                 artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
                 python_model=str(MODEL_CODE),
-                artifacts={"checkpoint": str(checkpoint)},
+                artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
                 code_paths=[str(PROJECT_ROOT / "pipeline"), str(PROJECT_ROOT / "stages")],
                 pip_requirements=_requirements(),
                 signature=signature(features, classes),
@@ -168,3 +182,27 @@ def _input_columns(model: str) -> list[str] | None:
     inputs = info.signature.inputs if info.signature is not None else None
     names = inputs.input_names() if inputs is not None else None
     return [str(n) for n in names] if names and all(isinstance(n, str) for n in names) else None
+
+
+def model_preprocessor(model: str, description: Model) -> Preprocessor:
+    """The preprocessor of the model to serve, restored as its load_context will restore it
+    with the plugin modules imported so far: UnknownTransformError (one line naming the
+    module) for a transform whose plugin is not imported, StoredMetadataError for a
+    checkpoint that does not hold one. Reads the checkpoint's metadata only; nothing of the
+    stored model is executed."""
+    flavor = (description.flavors or {}).get("python_function", {})
+    artifacts = flavor.get("artifacts") if isinstance(flavor, dict) else None
+    entry = artifacts.get(CHECKPOINT_ARTIFACT) if isinstance(artifacts, dict) else None
+    path = entry.get("path") if isinstance(entry, dict) else None
+    if not isinstance(path, str) or not path:
+        raise StoredMetadataError("its MLmodel names no checkpoint artifact (not a model of "
+                                  "this pipeline)")
+    with tempfile.TemporaryDirectory(prefix="pipeline-serve-") as tmp:
+        repository = get_artifact_repository(model)  # any model URI, or a local folder
+        local = repository.download_artifacts(path, tmp)
+        try:
+            text = Path(local).read_text()
+            meta = json.loads(text).get("metadata")
+        except (OSError, ValueError, AttributeError) as error:
+            raise StoredMetadataError(f"its checkpoint cannot be read ({error})") from None
+    return Preprocessor.from_metadata(meta, where="the model's checkpoint")

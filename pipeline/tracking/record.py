@@ -19,6 +19,8 @@ from typing import Any
 from pipeline.tracking.journal import now_ms
 
 HEARTBEAT_TAG = "pipeline.heartbeat"
+HISTORY_ARTIFACT = "history.csv"  # every epoch's metrics, written from the journal
+MAX_TAG_LENGTH = 8000  # characters of a tag value the store takes
 HEARTBEAT_INTERVAL_S = 15.0  # how often a live run (or sweep parent) refreshes it
 # A run whose heartbeat is younger than this is alive, whatever else says (one refresh may
 # wait ~20 s on a locked sqlite store); older, its process is gone.
@@ -36,10 +38,6 @@ ENDED_BY_RESUME_TAG = "ended_by_resume"  # a job left RUNNING by a dead sweep, e
 MODEL_LOGGED_TAG = "model_logged"
 PLOTS_LOGGED_TAG = "plots_logged"
 CHILD_RECORD_TAG = "child_record"  # a sweep child's: "lean" or "full" (sweep.child_record)
-# Settings that change how a run is shown, recorded or scheduled, not what it computes
-# (left out of config_digest): never what tells one configuration of a sweep from another.
-BOOKKEEPING_KEYS = ("tracking.", "sweep.", "pipeline.", "tags.", "train.progress",
-                    "train.threads", "train.checkpoint_every")
 PARENT_TAG = "mlflow.parentRunId"
 ERROR_TAG = "error"
 INCOMPLETE = "incomplete record: the journal holds the rest"  # the error tag, until synced
@@ -124,6 +122,11 @@ class RunOutcome:
     artifact_dir: Path
     inputs: Sequence[InputTable]
     model: ModelFiles | None
+
+
+def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    """Tags as the store takes them: text, at most :data:`MAX_TAG_LENGTH` characters."""
+    return {str(k): str(v)[:MAX_TAG_LENGTH] for k, v in tags.items()}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pipeline.files import write_text_atomic
 from pipeline.tracking import record as names
 from pipeline.tracking.journal import (
     JOURNAL_NAME,
@@ -36,8 +37,16 @@ from pipeline.tracking.journal import (
     new_journal_id,
     now_ms,
 )
-from pipeline.tracking.shipper import MAX_TAG_LENGTH, Shipper
-from pipeline.tracking.store import Store, StoreError, end_run
+from pipeline.tracking.runs import run_url
+from pipeline.tracking.shipper import Shipper
+from pipeline.tracking.store import (
+    Store,
+    StoreError,
+    end_run,
+    experiment_id,
+    open_store,
+    store_uri,
+)
 
 log = logging.getLogger("pipeline.tracking")
 
@@ -64,8 +73,6 @@ def sync_command(journal: Path) -> str:
 
 
 def write_sync_state(journal: Path, state: Mapping[str, Any]) -> None:
-    from pipeline.datastore import write_text_atomic
-
     write_text_atomic(sync_state_path(journal), json.dumps(dict(state)))
 
 
@@ -178,8 +185,6 @@ class Recorder:
     @property
     def url(self) -> str | None:
         """The run's page in the MLflow UI (None offline)."""
-        from pipeline.tracking.runs import run_url
-
         if self.store is None or self.run_id is None or self.experiment_id is None:
             return None
         return run_url(self.store.uri, self.experiment_id, self.run_id)
@@ -473,7 +478,7 @@ class Recorder:
             from mlflow.entities import RunTag
 
             store.call("tag the run", lambda: store.client.log_batch(
-                run_id, tags=[RunTag(names.ERROR_TAG, note[:MAX_TAG_LENGTH])]),
+                run_id, tags=[RunTag(names.ERROR_TAG, note[:names.MAX_TAG_LENGTH])]),
                 budget_s=1.0)
             end_run(store, run_id, final, end_time=now_ms(), budget_s=1.0)
         except Exception:  # the store fails too: the journal keeps the run
@@ -536,8 +541,6 @@ def start_run(*, uri: str | None, experiment: str, run_name: str, output_dir: Pa
     SIGTERM after the run was created end it KILLED, and the interrupt carries a note
     saying so.
     """
-    from pipeline.tracking.store import experiment_id, open_store, store_uri
-
     journal_id = journal_id or new_journal_id()
     journal_path = output_dir / JOURNAL_NAME
     all_tags = {names.JOURNAL_ID_TAG: journal_id, names.JOURNAL_TAG: str(journal_path),

@@ -138,9 +138,7 @@ class Runs:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        from pipeline.tracking.shipper import clean_tags
-
-        items = [RunTag(k, v) for k, v in clean_tags(tags).items()]
+        items = [RunTag(k, v) for k, v in names.clean_tags(tags).items()]
         self.store.call("tag the run", lambda: self.store.client.log_batch(run_id, tags=items))
 
     def url(self, run: RunView) -> str:
@@ -159,9 +157,7 @@ def read_history(runs: Runs, run_id: str) -> pd.DataFrame | None:
 
     import pandas as pd
 
-    from pipeline.tracking.shipper import HISTORY_ARTIFACT
-
-    text = runs.read_text(run_id, HISTORY_ARTIFACT)
+    text = runs.read_text(run_id, names.HISTORY_ARTIFACT)
     if text is None:
         return None
     try:

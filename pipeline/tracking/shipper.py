@@ -1,7 +1,7 @@
 """Journal records into an MLflow run: every record applied idempotently, in few calls.
 
 A :class:`Shipper` serves one run in one store. The live run feeds it the records it
-journals (in a background thread); ``pipeline.sync`` feeds it a journal read back from
+journals (in a background thread); ``pipeline.commands.sync`` feeds it a journal read back from
 disk. Either way the result is the same, and applying a record twice changes nothing:
 metrics that exist are skipped by the store, params and tags are rewritten with the
 same values, artifacts overwrite themselves, a model is logged only if the run has
@@ -22,23 +22,18 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from pipeline.tracking import record as names
 from pipeline.tracking.journal import Journal, JournalError, epoch_rows, read_journal
 from pipeline.tracking.model import log_model, logged_model_id
+from pipeline.tracking.record import HISTORY_ARTIFACT, clean_tags
 from pipeline.tracking.store import Store, StoreError
 from pipeline.tracking.thinning import EVERY_EPOCH, Thinning
 
 MAX_METRICS_PER_CALL = 1000
 MAX_PARAMS_AND_TAGS_PER_CALL = 100
 MAX_PARAM_LENGTH = 6000
-MAX_TAG_LENGTH = 8000
-HISTORY_ARTIFACT = "history.csv"
 
 # Applied first: the model before the epoch metrics (MLflow reads every metric's history
 # when it logs a model), the final status last.
 _ORDER = {"start": 0, "params": 1, "tags": 1, "plan": 1, "inputs": 1, "model": 2,
           "artifacts": 3, "epochs": 4, "metrics": 5, "end": 6}
-
-
-def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
-    return {str(k): str(v)[:MAX_TAG_LENGTH] for k, v in tags.items()}
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

@@ -48,9 +48,9 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.datastore import file_lock
+from pipeline.config.paths import DEFAULT_STORE, PROJECT_ROOT
 from pipeline.errors import TrackingError
-from pipeline.paths import DEFAULT_STORE
+from pipeline.files import file_lock
 from pipeline.tracking.record import HEARTBEAT_TAG
 
 log = logging.getLogger("pipeline.tracking")
@@ -389,8 +389,6 @@ def _link_new(tmp: Path, db: Path) -> bool:
 
 def schema_template() -> Path:
     """Where a new store's empty, migrated schema is kept for this MLflow version."""
-    from pipeline.paths import PROJECT_ROOT
-
     return PROJECT_ROOT / ".cache" / "mlflow-schema" / f"mlflow-{mlflow.__version__}.db"
 
 

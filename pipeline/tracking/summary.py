@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.tracking.record import BOOKKEEPING_KEYS, CONFIG_DIGEST_TAG, ENDED_BY_RESUME_TAG
+from pipeline.config.digest import is_bookkeeping
+from pipeline.tracking.record import CONFIG_DIGEST_TAG, ENDED_BY_RESUME_TAG
 from pipeline.tracking.store import Store
 
 CURVE_METRIC = "train_loss"
@@ -107,8 +108,9 @@ def swept_params(table: pd.DataFrame) -> list[str]:
 
 
 def is_setting(param: str) -> bool:
-    """A param that defines a configuration: not a seed, not bookkeeping."""
-    return not is_seed_param(param) and not param.startswith(BOOKKEEPING_KEYS)
+    """A param that defines a configuration: not a seed, not bookkeeping (what the config
+    digest leaves out)."""
+    return not is_seed_param(param) and not is_bookkeeping(param)
 
 
 def final_metrics(table: pd.DataFrame) -> list[str]:

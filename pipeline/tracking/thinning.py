@@ -5,7 +5,7 @@ evenly spaced subset, always with the first and the last epoch run and the epoch
 with the best validation loss, so a 200,000-epoch run costs the store as much as
 a 5,000-epoch one. The choice depends only on the plan (first epoch, last planned
 epoch, max_points) and on those two epochs, so the live run and a later
-``pipeline.sync`` of its journal send the same points.
+``pipeline.commands.sync`` of its journal send the same points.
 """
 
 from __future__ import annotations

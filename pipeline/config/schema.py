@@ -131,6 +131,10 @@ class RFDataConfig:
     freq_end: float = MISSING
     noise_std: float = MISSING
     seed: int | None = MISSING
+    # Feature transforms before normalising (names or {name: ..., **options}); checked
+    # against the registered transforms by the run (pipeline.run.data.check_transforms).
+    # A default, not MISSING: a config recorded before the setting existed had none.
+    transforms: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.n_samples < 2:
@@ -155,6 +159,7 @@ class CSVDataConfig:
     delimiter: str | None = MISSING
     drop_na: bool = MISSING
     decimal: str = MISSING
+    transforms: list[Any] = field(default_factory=list)  # as RFDataConfig.transforms
 
     def __post_init__(self) -> None:
         if not self.path or self.path == "???":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
 DEFAULT_STORE = PROJECT_ROOT / "mlflow.db"
 DEFAULT_ARTIFACTS = PROJECT_ROOT / "mlruns"

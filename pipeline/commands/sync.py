@@ -1,4 +1,5 @@
-"""``python -m pipeline.sync <output folder or journal> [--uri URI]``: send journals to a store.
+"""``python -m pipeline.commands.sync <output folder or journal> [--uri URI]``: send journals
+to a store.
 
 A run records everything in ``journal.jsonl`` in its output folder before the store
 sees it. This sends a journal (or every journal in a folder: a sweep's parent and
@@ -26,7 +27,7 @@ from typing import Any
 def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
     """The command; ``exiting``: the process ends after it (a Ctrl-C that comes once the
     sync is over is ignored, not restored to Python's)."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.sync", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipeline.commands.sync", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", type=Path, nargs="+", help="a run's or a sweep's output "
                         "folder, or a journal.jsonl (with --unsent: folders to look in)")
@@ -65,7 +66,7 @@ def _send(targets: list[Path], uri: str | None, marked: list[str], stop: _Stop) 
     """Send every target; print one line per journal (or one error line)."""
     # Imported here, inside the caller's handling of Ctrl-C: MLflow and Hydra take seconds.
     from pipeline.errors import PipelineError
-    from pipeline.tracking.sync import sync
+    from pipeline.tracking.sending import sync
 
     try:
         results = [sent for target in targets for sent in sync(target, uri, marked=marked)]
@@ -132,7 +133,7 @@ def _signal_again(signum: int) -> None:
 
 
 def _report_unsent(targets: list[Path]) -> int:
-    from pipeline.tracking.sync import unsent
+    from pipeline.tracking.sending import unsent
 
     found = unsent(targets)
     for path in found:

@@ -48,11 +48,12 @@ from pipeline.tracking.journal import (
     find_parent_journal,
     read_journal,
 )
+from pipeline.tracking.parent import ParentEnding, end_parent
+from pipeline.tracking.record import clean_tags
 from pipeline.tracking.recorder import sync_state_path, write_sync_state
-from pipeline.tracking.shipper import Shipper, clean_tags
+from pipeline.tracking.shipper import Shipper
 from pipeline.tracking.store import Store, experiment_id, open_store
 from pipeline.tracking.summary import summarise
-from pipeline.tracking.sweep import ParentEnding, end_parent
 
 log = logging.getLogger("pipeline.tracking")
 

@@ -1,4 +1,4 @@
-"""``python -m pipeline.compare RUN [RUN ...]``: what differs between runs, as one table.
+"""``python -m pipeline.commands.compare RUN [RUN ...]``: what differs between runs, as one table.
 
 Shows, for two or more runs of a store (a sweep's parent run id stands for its children):
 
@@ -34,14 +34,15 @@ from pipeline.errors import PipelineError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pipeline.tracking.compare import Comparison, Divergence, Values
+    from pipeline.tracking.comparison import Comparison, Divergence, Values
 
 FORMATS = ("text", "md", "html", "csv")
 EXTENSIONS = {"text": "txt", "md": "md", "html": "html", "csv": "csv"}
 SHORT_HASH = 12
 MAX_CELL = 60  # characters of one cell in the terminal table
 MISSING = "—"
-USAGE = "usage: python -m pipeline.compare RUN [RUN ...] [--uri URI] [--format md|html|csv]"
+USAGE = ("usage: python -m pipeline.commands.compare RUN [RUN ...] [--uri URI] "
+         "[--format md|html|csv]")
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ def render_text(comparison: Comparison) -> str:
 
 
 def render_markdown(comparison: Comparison) -> str:
-    from pipeline.tracking.summary import markdown_table
+    from pipeline.tracking.summary import markdown_table  # pandas and MLflow: for --format md
 
     head, *runs = header_lines(comparison)
     parts = [f"# {head}\n", "\n".join(f"- {line}" for line in runs) + "\n"]
@@ -312,7 +313,8 @@ RENDERERS = {"text": render_text, "md": render_markdown, "html": render_html,
 
 # -- command line -----------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipeline.commands.compare",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN", help="MLflow run ids (a sweep's "
                         "parent run id: its children); the first is the reference for deltas")
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     uri = args.uri
     run_ids = []
-    for item in args.runs:  # tracking.uri=<uri>, as pipeline.rerun takes it, works too
+    for item in args.runs:  # tracking.uri=<uri>, as pipeline.commands.rerun takes it, works too
         if item.startswith("tracking.uri="):
             uri = uri or item.split("=", 1)[1]
         else:
@@ -339,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         fmt = {f".{ext}": name for name, ext in EXTENSIONS.items()}.get(args.output.suffix)
     fmt = fmt or "text"
 
-    from pipeline.tracking.compare import compare
+    from pipeline.tracking.comparison import compare  # MLflow (~1 s): after the usage checks
 
     try:
         comparison = compare(uri, run_ids)

@@ -2,7 +2,7 @@
 (heartbeat) while the jobs run, summarised and ended when they are done.
 
 Like a run, the parent has a journal (``<sweep dir>/journal.jsonl``): with
-``tracking.mode=offline`` it is the whole parent, and ``pipeline.sync`` of the sweep
+``tracking.mode=offline`` it is the whole parent, and ``pipeline.commands.sync`` of the sweep
 folder creates it, sends every job under it and writes the summary. Its end record keeps
 how the sweep ended besides its jobs (:class:`ParentEnding`: interrupted, stopped early,
 jobs not started), so that a sync that sends a job later decides the parent's status
@@ -329,7 +329,7 @@ class SweepParent:
 @dataclass(frozen=True)
 class ParentEnding:
     """How a sweep ended, apart from its children: what decides the parent's status with
-    the children's counts. Kept in the parent's ``end`` record, so that ``pipeline.sync``
+    the children's counts. Kept in the parent's ``end`` record, so that ``pipeline.commands.sync``
     decides the same way when a child's status changes later."""
 
     aborted: bool = False  # the sweep stopped early (a job ended it)

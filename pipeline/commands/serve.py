@@ -1,9 +1,10 @@
-"""``python -m pipeline.serve``: serve a run's model over HTTP (``make serve``), and the
+"""``python -m pipeline.commands.serve``: serve a run's model over HTTP (``make serve``), and the
 port check ``make ui`` and ``make server`` run before they start.
 
-    python -m pipeline.serve --run-id <run id> [--uri STORE] [--host 127.0.0.1] [--port 5002]
-    python -m pipeline.serve --model models:/<model id> [...]
-    python -m pipeline.serve --check-port HOST PORT [--target "make ui"] [--variable PORT]
+    python -m pipeline.commands.serve --run-id <run id> [--uri STORE] [--host 127.0.0.1]
+        [--port 5002]
+    python -m pipeline.commands.serve --model models:/<model id> [--plugins my_transforms]
+    python -m pipeline.commands.serve --check-port HOST PORT [--target "make ui"] [--variable PORT]
 
 Serving resolves the run to its logged model (``models:/<model_id>``), prints where it
 listens and a request that works, then becomes ``mlflow models serve -m models:/<model_id>
@@ -11,8 +12,10 @@ listens and a request that works, then becomes ``mlflow models serve -m models:/
 ``uvicorn`` by name) and ``MLFLOW_TRACKING_URI`` set to the store (default: the project's
 ``mlflow.db``, whatever the working directory). Whatever can be seen before the server
 starts (no model named, an unknown run, a run without a model, a folder that is not a
-model, a model whose ``MLmodel`` cannot be read or has no pyfunc flavor, a port already in
-use) is one line on stderr and exit 1 (2 when no model is named).
+model, a model whose ``MLmodel`` cannot be read or has no pyfunc flavor, a model whose
+transforms come from a plugin module not named with ``--plugins`` (``make serve PLUGINS=``), a
+port already in use) is one line on stderr and exit 1 (2 when no model is named). The server
+imports the ``--plugins`` modules, and no module a stored model names.
 """
 
 from __future__ import annotations
@@ -98,10 +101,14 @@ def curl_example(url: str, columns: list[str] | None) -> str:
     return (f"curl -s {url} -H 'Content-Type: application/json' -d '{body}'")
 
 
-def serving_env(uri: str) -> dict[str, str]:
+def serving_env(uri: str, plugins: list[str] | None = None) -> dict[str, str]:
     """The environment ``mlflow models serve`` needs: this venv's bin/ first on the PATH,
-    the store as MLFLOW_TRACKING_URI, no telemetry and no progress bars."""
+    the store as MLFLOW_TRACKING_URI, the user's ``plugins`` for the model to import (see
+    pipeline/tracking/pyfunc_model.py), no telemetry and no progress bars."""
+    from pipeline.tracking.model import PLUGINS_ENV  # MLflow: not for --check-port
+
     env = dict(os.environ)
+    env[PLUGINS_ENV] = ",".join(plugins or [])
     bindir = str(Path(sys.executable).parent)  # not resolved: the venv's bin/, not Python's
     path = env.get("PATH", "")
     if path.split(os.pathsep)[0] != bindir:
@@ -194,23 +201,64 @@ def input_columns(description: Model) -> list[str] | None:
     return [str(n) for n in names] if names and all(isinstance(n, str) for n in names) else None
 
 
-def _resolve(uri: str, run_id: str | None, model: str | None) -> tuple[str, list[str] | None]:
+def _resolve(uri: str, run_id: str | None, model: str | None,
+             plugins: list[str]) -> tuple[str, list[str] | None]:
     """The model to serve and its input columns; PipelineError or NotServable otherwise. A
-    folder needs no store; a run or a models:/ URI is looked up in ``uri``."""
+    folder needs no store; a run or a models:/ URI is looked up in ``uri``. Its preprocessor
+    is restored as the server will (with the ``plugins`` the user named), so a transform
+    whose module is not named is one line here, not a traceback from the server."""
     import mlflow
 
-    from pipeline.tracking.model import served_model
+    from pipeline.tracking.model import served_model  # MLflow: not for --check-port
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one-line output
     if model is not None and local_folder(model) is not None:
-        return model, input_columns(servable(model))
-    target, columns = served_model(uri, run_id=run_id, model=model)
-    mlflow.set_tracking_uri(uri)
-    description = servable(target)
+        target, description, columns = model, servable(model), None
+    else:
+        target, columns = served_model(uri, run_id=run_id, model=model)
+        mlflow.set_tracking_uri(uri)
+        description = servable(target)
+    _check_preprocessor(target, description, plugins)
     return target, columns if columns is not None else input_columns(description)
 
 
+def _check_preprocessor(target: str, description: Model, plugins: list[str]) -> None:
+    """Import the user's ``plugins`` (PluginProblem, one line, if one does not import), then
+    restore the model's preprocessor (NotServable, one line, if it cannot be)."""
+    import importlib
+
+    from pipeline.tracking.model import model_preprocessor
+    from stages.transforms import StoredMetadataError, UnknownTransformError
+
+    for module in plugins:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # ImportError, or the module's own error on import
+            raise PluginProblem(f"PLUGINS: cannot import {module!r} ({type(error).__name__}: "
+                                f"{_first_line(error)}); make it importable (PYTHONPATH) or "
+                                "drop it") from None
+    try:
+        model_preprocessor(target, description)
+    except UnknownTransformError as error:
+        named = ",".join([*plugins, error.module])
+        raise PluginProblem(f"the model uses transform {error.name!r} from the plugin module "
+                            f"{error.module!r}, which is not imported; name it (importable on "
+                            f"PYTHONPATH): make serve ... PLUGINS={named}") from None
+    except StoredMetadataError as error:
+        raise NotServable(f"its preprocessing cannot be restored: {_first_line(error)}"
+                          ) from None
+    except Exception as error:  # MLflow could not fetch the checkpoint
+        raise NotServable(f"cannot read the model's checkpoint: {_first_line(error)}"
+                          ) from None
+
+
+class PluginProblem(Exception):
+    """A plugin module the user named that cannot be imported, or one the model's transforms
+    need that the user did not name: one line."""
+
+
 def serve(uri: str | None, host: str, port: int, *, run_id: str | None,
-          model: str | None) -> int:
+          model: str | None, plugins: list[str] | None = None) -> int:
     """Check, resolve, then replace this process with the model server (returns only on
     an error: its exit status)."""
     if not run_id and not model:
@@ -222,13 +270,15 @@ def serve(uri: str | None, host: str, port: int, *, run_id: str | None,
         print(message, file=sys.stderr)
         return 1
 
+    # Hydra and MLflow take seconds to import: `make ui`'s port check (--check-port) and a
+    # usage error answer without them.
     from pipeline.errors import PipelineError
     from pipeline.tracking.store import store_uri
 
     uri = store_uri(uri)
     try:
-        target, columns = _resolve(uri, run_id, model)
-    except PipelineError as error:
+        target, columns = _resolve(uri, run_id, model, list(plugins or []))
+    except (PipelineError, PluginProblem) as error:
         print(f"error: make serve: {error}", file=sys.stderr)
         return 1
     except NotServable as problem:
@@ -242,23 +292,26 @@ def serve(uri: str | None, host: str, port: int, *, run_id: str | None,
           f"  try: {curl_example(url, columns)}", flush=True)
     sys.stderr.flush()
     command = serve_command(target, host, port)
-    os.execve(command[0], command, serving_env(uri))
+    os.execve(command[0], command, serving_env(uri, plugins))
     return 1  # not reached
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.serve", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipeline.commands.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-id", default=None, help="serve this run's logged model")
     parser.add_argument("--model", default=None, help="serve this model URI instead "
                         "(models:/<model id>, models:/<name>/<version> or a local folder)")
     parser.add_argument("--uri", default=None, help="the store's tracking URI (default: the "
                         "project's mlflow.db)")
+    parser.add_argument("--plugins", default="", help="comma-separated modules the model's "
+                        "transforms come from (a run's pipeline.plugins): the server imports "
+                        "these, never a module named by the stored model")
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT)
     parser.add_argument("--check-port", nargs=2, metavar=("HOST", "PORT"), default=None,
                         help="only check that a server can listen there (exit 1 if not)")
-    parser.add_argument("--target", default="python -m pipeline.serve",
+    parser.add_argument("--target", default="python -m pipeline.commands.serve",
                         help="the command named in --check-port's message (make ui)")
     parser.add_argument("--variable", default="--port",
                         help="the setting that picks the port, for the message (PORT)")
@@ -270,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             print(message, file=sys.stderr)
             return 1
         return 0
+    plugins = [name.strip() for name in args.plugins.split(",") if name.strip()]
     return serve(args.uri or None, args.host, args.port, run_id=args.run_id or None,
-                 model=args.model or None)
+                 model=args.model or None, plugins=plugins)
 
 
 def _port(text: str) -> int:

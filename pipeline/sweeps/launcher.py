@@ -35,6 +35,8 @@ from joblib import Parallel, delayed
 from joblib.externals import cloudpickle
 from omegaconf import DictConfig, open_dict
 
+from pipeline.sweeps.callback import wait_for_workers
+
 log = logging.getLogger(__name__)
 
 
@@ -67,8 +69,6 @@ def launch(launcher: JoblibLauncher, job_overrides: Sequence[Sequence[str]],
     log.info("Launching jobs, sweep output dir : %s", sweep_dir)
     for idx, overrides in enumerate(job_overrides):
         log.info("\t#%d : %s", initial_job_idx + idx, " ".join(filter_overrides(overrides)))
-
-    from pipeline.sweep import wait_for_workers
 
     wait_for_workers()  # started at the sweep's start: one Parallel call at a time
     with _shared(Sweep(hydra_context, config, task_function), sweep_dir) as path:

@@ -1,11 +1,13 @@
-"""A Hydra multirun as one MLflow parent run with one child run per job, stopped cleanly.
+"""A Hydra multirun as one MLflow parent run with one child run per job, stopped cleanly:
+the sweep's launching process.
 
 :class:`SweepCallback` (registered in ``conf/config.yaml``) runs in the launching
 process: before any job starts it creates the store, the experiment and the parent
-run (see :mod:`pipeline.tracking.sweep`), and hands the parent's id to every job
+run (see :mod:`pipeline.tracking.parent`), and hands the parent's id to every job
 through ``hydra.job.env_set`` — the launchers re-compose each job from the Hydra
 overrides, so the id reaches jobs on every launcher, a remote Ray cluster included.
-A plain environment variable would not.
+A plain environment variable would not. The job's side of that hand-over is
+:mod:`pipeline.sweeps.job`.
 
 When the sweep ends — or fails: Hydra skips ``on_multirun_end`` when a job raised,
 so ``python -m pipeline`` calls :func:`finish_open_sweep` on its way out — the
@@ -16,14 +18,16 @@ and the sweep prints its leaderboard and links.
 Before the sweeper expands the overrides, the callback may change them:
 ``sweep.replicates=N`` runs every configuration with N seeds, and ``sweep.resume=<id>``
 (or ``last``) reruns a past sweep's overrides under its parent run. Each job asks
-:func:`job_gate` first whether to run: a resumed sweep keeps a configuration that
-finished, and ``sweep.max_failures`` starts no job once that many have failed.
+:func:`pipeline.sweeps.job.job_gate` first whether to run: a resumed sweep keeps a
+configuration that finished, and ``sweep.max_failures`` starts no job once that many have
+failed.
 
 Ctrl-C or SIGTERM on the launching process stops the sweep (:func:`_stop_sweep`): the
 jobs' worker processes are told to stop (each ends its run KILLED, its journal
 complete, and exits), no queued job starts, and the parent ends KILLED with the counts.
 
-During a sweep each shape of job is composed once per process: see :mod:`pipeline.composition`.
+During a sweep each shape of job is composed once per process: see
+:mod:`pipeline.sweeps.composition`.
 """
 
 from __future__ import annotations
@@ -39,20 +43,23 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pipeline.composition import check_jobs_cheaply, compose_by_shape
+from pipeline.config.digest import is_bookkeeping
+from pipeline.config.paths import DEFAULT_STORE
+from pipeline.config.schema import SweepConfig, validate_sweep
 from pipeline.errors import PipelineError, Terminated
 from pipeline.interrupts import signals_held
+from pipeline.sweeps.composition import check_jobs_cheaply, compose_by_shape
+from pipeline.sweeps.job import NOT_STARTED, job_environment, stop_with_launcher
+from pipeline.tracking import record as names
 
 if TYPE_CHECKING:
-    from pipeline.schema import Config, SweepConfig
-    from pipeline.tracking.sweep import PastSweep, SweepParent
+    from pipeline.tracking.parent import PastSweep, SweepParent
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -61,12 +68,6 @@ log = logging.getLogger("pipeline.sweep")
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/joblib' is validated against "
                         "ConfigStore schema", category=UserWarning)
 
-PARENT_ENV = "PIPELINE_SWEEP_PARENT_RUN_ID"
-JOURNAL_ENV = "PIPELINE_SWEEP_PARENT_JOURNAL_ID"
-THREADS_ENV = "PIPELINE_DEFAULT_THREADS"
-LAUNCHER_PID_ENV = "PIPELINE_SWEEP_LAUNCHER_PID"
-STARTED_ENV = "PIPELINE_SWEEP_STARTED_MS"  # when this sweep (or this resume of it) began
-NOT_STARTED = "not_started.txt"  # in a job's folder: sweep.max_failures stopped it
 STOP_GRACE_S = 10.0  # how long stopping jobs may take to end their runs
 COMPLETE_BEST_TIMEOUT_S = 600.0  # how long the best job's model and plots may take
 
@@ -100,8 +101,6 @@ class SweepCallback(Callback):
         tracking = config.get("tracking", {})
         offline = tracking.get("mode", "online") == "offline"
         try:  # Hydra would only warn about an error here, and run the jobs parentless
-            from pipeline.schema import validate_sweep
-
             sweep = validate_sweep(config.get("sweep"))
             past = _plan_jobs(config, sweep, offline)
             sweep = validate_sweep(config.get("sweep"))  # a resumed sweep's metric
@@ -113,8 +112,9 @@ class SweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         overrides = list(config.hydra.overrides.task)
         name = "sweep " + (" ".join(overrides) if overrides else sweep_dir.name)
-        from pipeline.tracking import record as names
-        from pipeline.tracking.sweep import SweepParent
+        # MLflow (~1 s) only once a sweep starts: this module is imported by every
+        # `python -m pipeline`, before its config is checked.
+        from pipeline.tracking.parent import SweepParent
 
         try:
             # Ctrl-C waits until the parent run exists, and then closes it KILLED (cut in
@@ -139,9 +139,9 @@ class SweepCallback(Callback):
         _open_settings.update(sweep_dir=sweep_dir, max_failures=sweep.max_failures,
                               started=started, complete_best=completes
                               if sweep.child_record == "lean" else None)
-        env = {PARENT_ENV: _open.run_id or "", JOURNAL_ENV: _open.journal_id,
-               THREADS_ENV: str(_threads_per_job(config)), LAUNCHER_PID_ENV: str(os.getpid()),
-               STARTED_ENV: started}
+        env = job_environment(parent_run_id=_open.run_id, parent_journal_id=_open.journal_id,
+                              threads=_threads_per_job(config), launcher_pid=os.getpid(),
+                              started=started)
         hydra_overrides = config.hydra.overrides.hydra
         with open_dict(config):
             for key, value in env.items():
@@ -174,10 +174,9 @@ def _sweeper(config: DictConfig) -> str:
 
 
 def _defining(overrides: list[str]) -> list[str]:
-    """The overrides that decide what the jobs compute, in a canonical order."""
-    from pipeline.tracking.record import BOOKKEEPING_KEYS
-
-    return sorted(o for o in overrides if not o.lstrip("+~").startswith(BOOKKEEPING_KEYS))
+    """The overrides that decide what the jobs compute, in a canonical order (the
+    bookkeeping settings that a config digest leaves out are left out here too)."""
+    return sorted(o for o in overrides if not is_bookkeeping(_key(o)))
 
 
 def _plan_jobs(config: DictConfig, sweep: SweepConfig, offline: bool) -> PastSweep | None:
@@ -195,7 +194,7 @@ def _plan_jobs(config: DictConfig, sweep: SweepConfig, offline: bool) -> PastSwe
         if offline:
             raise PipelineError("sweep.resume: needs the store (tracking.mode=online); send an "
                                 "offline sweep first with make sync DIR=<sweep folder>")
-        from pipeline.tracking.sweep import find_sweep
+        from pipeline.tracking.parent import find_sweep  # MLflow: only to resume a sweep
 
         tracking = config.get("tracking", {})
         past = find_sweep(tracking.get("uri"), str(tracking.get("experiment", "mlp-pipeline")),
@@ -264,7 +263,7 @@ def _continue_optuna_study(config: DictConfig, past: PastSweep) -> None:
     FAIL, only the trials still missing run, and the sampler's seed moves on by the number
     of stored trials (the same seed would propose the finished trials again). Without a
     storage, the seeded sampler proposes the same trials again and the finished ones are
-    answered from their runs (see :func:`job_gate`).
+    answered from their runs (see :func:`pipeline.sweeps.job.job_gate`).
     """
     sweeper = config.hydra.get("sweeper", {})
     if "optuna" not in _sweeper(config).lower():
@@ -424,11 +423,13 @@ def _waits_for_workers(config: DictConfig) -> bool:
 def _import_job_modules(launcher: int, plots: bool = True) -> int:
     """Import what every job runs (MLflow and its SQL store, the runner, matplotlib if the
     jobs draw ``plots``) and watch the ``launcher`` process (see
-    :func:`stop_with_launcher`); return this worker's pid."""
+    :func:`pipeline.sweeps.job.stop_with_launcher`); return this worker's pid."""
     stop_with_launcher(launcher)
+    # Imported here, in the worker, for the jobs to come (matplotlib, MLflow): that is
+    # the point of warming it up.
     if plots:
-        import pipeline.plots  # forked plot processes inherit matplotlib
-    import pipeline.runner
+        import pipeline.run.plots  # forked plot processes inherit matplotlib
+    import pipeline.run.runner
     import pipeline.tracking.shipper  # noqa: F401
     from pipeline.tracking.store import import_sql_store
 
@@ -447,11 +448,12 @@ def _import_job_modules(launcher: int, plots: bool = True) -> int:
 
 
 def _import_summary() -> None:
+    """Import, in a thread while the jobs run, what the sweep's end needs (the summary, its
+    statistics and plots): that is the point of it."""
     try:
         import scipy.stats  # noqa: F401  (the seed groups' intervals)
 
-        import pipeline.complete
-        import pipeline.plots
+        import pipeline.run.plots
         import pipeline.tracking.model
         import pipeline.tracking.summary  # noqa: F401
     except Exception:  # the summary will import (and report) it again
@@ -501,15 +503,13 @@ class _BestCompletion:
         self.future: Any = None
 
     def start(self, run_id: str) -> None:
-        from pipeline.complete import complete_run
-
         self.run_id = run_id
         executor = _joblib_executor()
         if executor is None or not getattr(executor, "_processes", None):
             return
         try:
-            self.future = executor.submit(complete_run, run_id, uri=self.uri,
-                                          model=self.model, plots=self.plots)
+            self.future = executor.submit(_complete_best, run_id, self.uri, self.model,
+                                          self.plots)
         except Exception as error:  # a pool shut down or broken: complete it here
             log.debug("completing the best run in a worker failed to start: %s", error)
 
@@ -517,24 +517,30 @@ class _BestCompletion:
         """The best run's model URI once it is complete (None without one)."""
         if self.run_id is None:
             return None
-        from pipeline.complete import complete_run
-
         try:
-            done = (self.future.result(timeout=COMPLETE_BEST_TIMEOUT_S)
+            return (self.future.result(timeout=COMPLETE_BEST_TIMEOUT_S)
                     if self.future is not None else
-                    complete_run(self.run_id, uri=self.uri, model=self.model,
-                                 plots=self.plots))
+                    _complete_best(self.run_id, self.uri, self.model, self.plots))
         except Exception as error:  # the store, a CSV gone since: the sweep's results stand
             log.warning("the best run %s is kept without its model and plots: %s; "
                         "make log-model RUN_ID=%s and make plots RUN_ID=%s add them",
                         self.run_id, error, self.run_id, self.run_id)
             return None
-        return done.model_uri
+
+
+def _complete_best(run_id: str, uri: str, model: bool, plots: bool) -> str | None:
+    """Complete the best run's record where this runs (a warm joblib worker, else the
+    launching process); return its model URI. The run layer, its data steps and MLflow are
+    imported here, in that process: the launching process of a joblib sweep never needs
+    them, and a plain string comes back."""
+    from pipeline.run.backfill import complete_run
+
+    return complete_run(run_id, uri=uri, model=model, plots=plots).model_uri
 
 
 def _count_not_started(sweep_dir: Path | None, started: str) -> int:
-    """Jobs of this sweep that :func:`job_gate` did not start (a reused sweep folder may
-    hold another sweep's marks)."""
+    """Jobs of this sweep that :func:`pipeline.sweeps.job.job_gate` did not start (a reused
+    sweep folder may hold another sweep's marks)."""
     if sweep_dir is None:
         return 0
     count = 0
@@ -568,8 +574,6 @@ def _print_leaderboard(parent: SweepParent, summary: Any, not_started: int,
     if best:
         print(f"Best:    {best}")
         if model and parent.store is not None:
-            from pipeline.paths import DEFAULT_STORE
-
             # `make serve` reads the project's store unless told another (STORE=).
             other = parent.store.uri != f"sqlite:///{DEFAULT_STORE}"
             store = f" STORE={parent.store.uri}" if other else ""
@@ -581,89 +585,7 @@ def _print_leaderboard(parent: SweepParent, summary: Any, not_started: int,
                                     else ""), flush=True)
 
 
-@dataclass(frozen=True)
-class Skip:
-    """A sweep job that does not run: why, and the value to hand the sweeper."""
-
-    message: str
-    value: float | None = None
-
-
-def job_gate(config: Config, output_dir: Path) -> Skip | None:
-    """In a sweep's job: whether to skip it, asked of the store before any work.
-
-    ``sweep.max_failures``: once that many jobs of this sweep failed, no job starts (the
-    job leaves :data:`NOT_STARTED` in its folder for the count). ``sweep.resume``: a
-    configuration that already finished under the parent is kept, and its metric answers
-    the sweeper (Optuna replays its study from it).
-    """
-    parent = os.environ.get(PARENT_ENV)
-    sweep = config.sweep
-    if not parent or (sweep.max_failures is None and sweep.resume is None):
-        return None
-    from pipeline.tracking.sweep import failed_children, finished_child
-
-    uri = config.tracking.uri
-    mark = output_dir / NOT_STARTED
-    mark.unlink(missing_ok=True)  # a reused sweep folder's
-    if sweep.max_failures is not None:
-        started = os.environ.get(STARTED_ENV) or "0"
-        failed = failed_children(uri, parent, int(started))
-        if failed >= sweep.max_failures:
-            message = (f"not started: {failed} job(s) of this sweep failed "
-                       f"(sweep.max_failures={sweep.max_failures})")
-            output_dir.mkdir(parents=True, exist_ok=True)
-            mark.write_text(f"{started}\n{message}\n")  # the sweep counts its own marks
-            return Skip(message)
-    if sweep.resume is not None:
-        from pipeline.runner import config_digest
-
-        found = finished_child(uri, parent, config_digest(config))
-        if found is not None:
-            run_id, metrics = found
-            return Skip(f"kept: this configuration finished before as run {run_id}",
-                        metrics.get(sweep.metric))
-    return None
-
-
 # -- stopping ---------------------------------------------------------------------------
-def in_sweep_worker() -> bool:
-    """True in a job's process that is not the sweep's launching process (joblib, Ray)."""
-    launcher = os.environ.get(LAUNCHER_PID_ENV)
-    return bool(launcher) and launcher != str(os.getpid())
-
-
-_watching = False
-
-
-def stop_with_launcher(launcher: int | None = None) -> None:
-    """In a sweep's worker process: end this worker's job KILLED (SIGTERM to itself) once
-    the launching process is gone, say SIGKILLed, instead of finishing it as an orphan
-    that a resumed sweep would race.
-
-    Only a worker the launcher started itself (joblib's) is watched: its parent process
-    changes when the launcher dies. ``launcher``: its pid (default: the one the sweep
-    passes its jobs).
-    """
-    global _watching
-    if launcher is None:
-        given = os.environ.get(LAUNCHER_PID_ENV)
-        if not given or not in_sweep_worker():
-            return
-        launcher = int(given)
-    if _watching or os.getppid() != launcher:
-        return
-    _watching = True
-
-    def watch() -> None:
-        while os.getppid() == launcher:
-            time.sleep(1.0)
-        log.warning("the sweep's launching process is gone: stopping this job")
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="watch-launcher", daemon=True).start()
-
-
 def _stop_on_signals() -> None:
     """From now on, Ctrl-C and SIGTERM stop the whole sweep (see :func:`_stop_sweep`)."""
     if threading.current_thread() is not threading.main_thread():

@@ -2,18 +2,19 @@
 
 ``run(config, ...)`` is what ``python -m pipeline`` calls after validating the
 config; tests call it too. It opens the run's record first (so an unreachable store
-fails before any work), runs generate/load_csv -> split -> normalise (each cached by
-content) -> train -> evaluate, and reports what it finds to tracking as plain values
-(:mod:`pipeline.tracking.record`), which journals and sends them. The run ends
-FINISHED, FAILED (with an ``error`` tag) or KILLED.
+fails before any work), runs the data steps (generate/load_csv -> split -> preprocess, each
+cached by content: :data:`pipeline.run.data.DATA_STEPS`) -> train -> evaluate, and reports what it
+finds to tracking as plain values (:mod:`pipeline.tracking.record`), which journals and
+sends them. The run ends FINISHED, FAILED (with an ``error`` tag) or KILLED.
+
+A sweep's job is handed its place in the sweep as a value
+(:class:`~pipeline.run.context.SweepJob`: parent run, thread budget, worker process); the
+run reads nothing of the sweep from the environment.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -25,24 +26,20 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pipeline import artifacts, environment
-from pipeline.datastore import (
-    StageCache,
-    cache_key,
-    digest_file,
-    read_dataset,
-    write_dataset,
-    write_text_atomic,
-)
+from pipeline import environment
+from pipeline.config.digest import config_dict, config_digest
+from pipeline.config.paths import DEFAULT_CACHE, DEFAULT_STORE, resolve_path
+from pipeline.config.schema import Config, training_settings
+from pipeline.config.seeds import run_seeds
 from pipeline.errors import PipelineError, Terminated
+from pipeline.files import digest_file
 from pipeline.mlp import MLP, CheckpointError, TrainingDiverged
-from pipeline.paths import DEFAULT_CACHE, resolve_path
-from pipeline.progress import ProgressBar
-from pipeline.schema import Config, training_settings
-from pipeline.seeds import resolve_seeds
-from pipeline.sweep import PARENT_ENV, in_sweep_worker
+from pipeline.run import artifacts
+from pipeline.run.context import SweepJob
+from pipeline.run.data import check_transforms, run_data_stages, timed
+from pipeline.run.progress import ProgressBar
 from pipeline.tracking.journal import find_sweep_journal, new_journal_id
 from pipeline.tracking.record import (
     CHILD_RECORD_TAG,
@@ -55,19 +52,14 @@ from pipeline.tracking.record import (
     RunSpec,
     TrainingPlan,
 )
-from stages.dataset import DataError, Dataset
+from pipeline.tracking.recorder import Recorder, start_run
+from pipeline.tracking.runs import fetch_checkpoint
+from stages.dataset import DataError
 from stages.evaluate import Evaluation, evaluate
-from stages.generate import generate_rf
-from stages.load_csv import DroppedRowsWarning, load_csv
-from stages.normalise import NormalisedSplits, Normaliser, normalise
-from stages.split import Splits, split_dataset
+from stages.preprocess import Preprocessor
 from stages.train import Architecture, build_model, plan_architecture, train_model
 
 log = logging.getLogger("pipeline")
-
-
-if TYPE_CHECKING:
-    from pipeline.tracking.recorder import Recorder
 
 
 @dataclass
@@ -91,25 +83,6 @@ class RunResult:
 
 
 # -- helpers ------------------------------------------------------------------------------
-def config_dict(config: Config) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def config_digest(config: Config) -> str:
-    """sha256 of the settings that decide the result (tracking and display excluded)."""
-    tree = config_dict(config)
-    tree.pop("tracking", None)
-    tree.pop("tags", None)
-    tree.pop("sweep", None)  # what a sweep reports and how it runs, not what a job computes
-    tree["pipeline"].pop("cache", None)
-    tree["pipeline"].pop("cache_dir", None)
-    tree["pipeline"].pop("plugins", None)  # where code comes from; the names it adds are settings
-    # Display and bookkeeping only (a thread count can move the last bits; the run records it).
-    for key in ("progress", "threads", "checkpoint_every"):
-        tree["train"].pop(key, None)
-    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def warnings_as_log_lines() -> None:
     """Show warnings (the core's ConvergenceWarning, say) as one log line each, not as
     Python's two lines with the source line that raised them."""
@@ -143,23 +116,14 @@ def default_run_name(config: Config) -> str:
 
 
 @contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    timings[stage] = time.perf_counter() - start
-    log.info("stage %-9s %.3f s", stage, timings[stage])
-
-
-@contextmanager
-def _interrupts_raise() -> Iterator[None]:
+def _interrupts_raise(worker: bool) -> Iterator[None]:
     """Within the block, SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated`
     (main thread only), so the run can end KILLED.
 
-    In a sweep's worker process the sweep relays Ctrl-C as one SIGTERM: the terminal's own
-    SIGINT is ignored there, and so is any signal after the first, so that ending the run
+    In a sweep's ``worker`` process the sweep relays Ctrl-C as one SIGTERM: the terminal's
+    own SIGINT is ignored there, and so is any signal after the first, so that ending the run
     is not cut short.
     """
-    worker = in_sweep_worker()
     received: list[int] = []
     _unseen.clear()
 
@@ -201,155 +165,6 @@ def _user_error(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-# -- data stages (cached) -----------------------------------------------------------------
-def _save_dataset(data: Dataset, folder: Path) -> None:
-    write_dataset(data, folder / "dataset.parquet")
-
-
-def _load_dataset(folder: Path) -> Dataset:
-    return read_dataset(folder / "dataset.parquet")
-
-
-def _save_splits(splits: Splits, folder: Path) -> None:
-    write_dataset(splits.train, folder / "train.parquet")
-    write_dataset(splits.test, folder / "test.parquet")
-    if splits.val is not None:
-        write_dataset(splits.val, folder / "val.parquet")
-
-
-def _load_splits(folder: Path) -> Splits:
-    val = folder / "val.parquet"
-    return Splits(
-        train=read_dataset(folder / "train.parquet"),
-        test=read_dataset(folder / "test.parquet"),
-        val=read_dataset(val) if val.exists() else None,
-    )
-
-
-def _save_normalised(result: NormalisedSplits, folder: Path) -> None:
-    _save_splits(Splits(train=result.train, test=result.test, val=result.val), folder)
-    write_text_atomic(folder / "normaliser.json", json.dumps(result.normaliser.to_dict()))
-
-
-def _load_normalised(folder: Path) -> NormalisedSplits:
-    splits = _load_splits(folder)
-    stats = json.loads((folder / "normaliser.json").read_text())
-    return NormalisedSplits(
-        train=splits.train, test=splits.test, val=splits.val,
-        normaliser=Normaliser.from_dict(stats),
-    )
-
-
-@dataclass
-class DataStages:
-    raw: Dataset
-    splits: Splits
-    normalised: NormalisedSplits
-    cache_hits: dict[str, bool]
-    source: str | None
-    dropped_rows: int | None = None
-
-
-def run_data_stages(
-    config: Config, seeds: Mapping[str, int], output_dir: Path, timings: dict[str, float]
-) -> DataStages:
-    """generate/load_csv -> split -> normalise, each cached and written as Parquet."""
-    cache_root = resolve_path(config.pipeline.cache_dir) if config.pipeline.cache_dir else (
-        DEFAULT_CACHE
-    )
-    cache = StageCache(cache_root, enabled=config.pipeline.cache)
-    hits: dict[str, bool] = {}
-    data_cfg = dataclasses.asdict(config.data)
-    stage_dir = output_dir / "data"
-
-    dropped: list[int] = []  # rows dropped by data.drop_na (known when computed)
-    if config.data.source == "rf":
-        stage = "generate"
-        data_cfg["seed"] = seeds["data"]
-        inputs: dict[str, str] = {}
-        source = None  # generated in code: MLflow records the code as the source
-
-        def compute() -> Dataset:
-            return generate_rf(
-                n_samples=config.data.n_samples, freq_start=config.data.freq_start,
-                freq_end=config.data.freq_end, noise_std=config.data.noise_std,
-                seed=seeds["data"],
-            )
-    else:
-        stage = "load_csv"
-        path = resolve_path(config.data.path)
-        from stages.load_csv import check_csv_path
-
-        # missing, a directory, FIFO, device or socket, unreadable: one line, never blocks
-        check_csv_path(path)
-        inputs = {"file": digest_file(path)}
-        data_cfg["path"] = str(path)
-        source = str(path)
-
-        def compute() -> Dataset:
-            label = config.data.label_column
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", DroppedRowsWarning)
-                loaded = load_csv(path, label_column=label, header=config.data.header,
-                                  delimiter=config.data.delimiter, drop_na=config.data.drop_na,
-                                  decimal=config.data.decimal)
-            for warning in caught:
-                if isinstance(warning.message, DroppedRowsWarning):
-                    dropped.append(warning.message.n_dropped)
-                    log.warning("%s", warning.message)
-            return loaded
-
-    current = stage  # the stage that runs now: out of memory, it names the data's fix
-    try:
-        with _timed(timings, stage):
-            raw, hits[stage] = cache.fetch(
-                stage, cache_key(stage, data_cfg, inputs), compute, _save_dataset,
-                _load_dataset,
-            )
-            _save_dataset(raw, stage_dir / f"01_{stage}")
-
-        current = "split"
-        split_cfg = {**dataclasses.asdict(config.split), "seed": seeds["split"]}
-        with _timed(timings, "split"):
-            splits, hits["split"] = cache.fetch(
-                "split", cache_key("split", split_cfg, {"data": raw.digest()}),
-                lambda: split_dataset(
-                    raw, test_fraction=config.split.test_fraction,
-                    val_fraction=config.split.val_fraction, stratify=config.split.stratify,
-                    seed=seeds["split"],
-                ),
-                _save_splits, _load_splits,
-            )
-            _save_splits(splits, stage_dir / "02_split")
-
-        current = "normalise"
-        split_digests = {k: getattr(splits, k).digest() for k in ("train", "test")}
-        if splits.val is not None:
-            split_digests["val"] = splits.val.digest()
-        with _timed(timings, "normalise"):
-            normalised, hits["normalise"] = cache.fetch(
-                "normalise", cache_key("normalise", {}, split_digests),
-                lambda: normalise(splits), _save_normalised, _load_normalised,
-            )
-            _save_normalised(normalised, stage_dir / "03_normalise")
-    except MemoryError:
-        raise PipelineError(_data_out_of_memory(config, current)) from None
-    return DataStages(raw, splits, normalised, hits, source, sum(dropped) if dropped else None)
-
-
-def _data_out_of_memory(config: Config, stage: str) -> str:
-    """One line for data that does not fit in memory: the stage, and the data setting that
-    makes it smaller (the model's settings would not help)."""
-    if config.data.source == "rf":
-        what = f"data.n_samples={config.data.n_samples} rows do"
-        fix = "a smaller data.n_samples"
-    else:
-        what = f"the data of {config.data.path} does"
-        fix = "a smaller CSV as data.path"
-    return (f"out of memory in the {stage} stage: {what} not fit in this machine's memory; "
-            f"use {fix}")
-
-
 # -- training ---------------------------------------------------------------------------
 def _start_model(config: Config, n_features: int, n_classes: int, seeds: Mapping[str, int],
                  output_dir: Path) -> tuple[MLP, TrainingPlan]:
@@ -367,8 +182,6 @@ def _start_model(config: Config, n_features: int, n_classes: int, seeds: Mapping
     if path.exists():
         checkpoint, label = path, str(path)
     else:
-        from pipeline.tracking.runs import fetch_checkpoint
-
         checkpoint, label = fetch_checkpoint(config.tracking.uri, spec, output_dir / "resume")
     model = MLP.load(checkpoint)
     planned = plan_architecture(
@@ -438,10 +251,9 @@ class _Checkpointer:
             model.save(path, metadata=self.metadata)
 
 
-def _threads(config: Config) -> int | None:
-    """train.threads, else a sweep job's share of the cores (set by the sweep callback)."""
-    shared = os.environ.get("PIPELINE_DEFAULT_THREADS")
-    return config.train.threads or (int(shared) if shared else None)
+def _threads(config: Config, sweep: SweepJob | None) -> int | None:
+    """train.threads, else a sweep job's share of the cores."""
+    return config.train.threads or (sweep.threads if sweep is not None else None)
 
 
 def _threadpool(threads: int | None) -> Any:
@@ -450,14 +262,11 @@ def _threadpool(threads: int | None) -> Any:
     return threadpool_limits(limits=threads, user_api="blas") if threads else nullcontext()
 
 
-def _show_progress(setting: str) -> bool:
+def _show_progress(setting: str, in_sweep: bool = False) -> bool:
+    """``train.progress``: true, false, or auto (a terminal's, outside CI and sweeps)."""
     if setting in ("true", "false"):
         return setting == "true"
-    return sys.stderr.isatty() and not os.environ.get("CI") and not _in_sweep_job()
-
-
-def _in_sweep_job() -> bool:
-    return os.environ.get(PARENT_ENV) is not None
+    return sys.stderr.isatty() and not os.environ.get("CI") and not in_sweep
 
 
 LEAN_MAX_POINTS = 100  # points per metric a lean sweep child sends (history.csv has all)
@@ -490,35 +299,27 @@ def record_plan(config: Config, *, in_sweep: bool) -> RecordPlan:
 
 
 # -- the run ------------------------------------------------------------------------------
-def run_seeds(config: Config) -> dict[str, int]:
-    """The seed each random consumer of a run uses (see :mod:`pipeline.seeds`)."""
-    return resolve_seeds(config.seed, {
-        "data": getattr(config.data, "seed", None), "split": config.split.seed,
-        "init": config.model.seed, "shuffle": config.train.shuffle_seed,
-    })
-
-
 def run(
     config: Config,
     *,
     output_dir: Path,
     overrides: Sequence[str] = (),
     hydra_dir: Path | None = None,
-    parent_run_id: str | None = None,
-    parent_journal_id: str | None = None,
+    sweep: SweepJob | None = None,
     extra_tags: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Run every stage for ``config`` as one recorded run; return where it is and its test
-    metrics.
+    metrics. ``sweep``: the run is that job of a sweep (None: a single run).
 
     The run writes into ``output_dir``, or into a subfolder of its own when another run's
-    outputs are there (see :func:`pipeline.artifacts.claim_folder`). Ctrl-C or SIGTERM end
+    outputs are there (see :func:`pipeline.run.artifacts.claim_folder`). Ctrl-C or SIGTERM end
     it KILLED and are raised with a note: one line saying where its record is.
     """
     warnings_as_log_lines()
+    check_transforms(config)  # before any work: one line for a bad data.transforms entry
     hydra_files = artifacts.read_folder(hydra_dir)  # before another run rewrites them
     journal_id = new_journal_id()
-    with _interrupts_raise():
+    with _interrupts_raise(sweep is not None and sweep.worker):
         claim = _claim(output_dir, journal_id, config)
         try:
             if claim.moved:
@@ -526,7 +327,7 @@ def run(
                          output_dir, claim.folder)
                 artifacts.write_folder(claim.folder / ".hydra", hydra_files)
             return _recorded_run(config, claim.folder, overrides, hydra_files, journal_id,
-                                 parent_run_id, parent_journal_id, extra_tags)
+                                 sweep, extra_tags)
         finally:
             claim.release()
 
@@ -540,17 +341,17 @@ def _claim(output_dir: Path, journal_id: str, config: Config) -> artifacts.Claim
 
 def _recorded_run(config: Config, output_dir: Path, overrides: Sequence[str],
                   hydra_files: Mapping[str, bytes], journal_id: str,
-                  parent_run_id: str | None, parent_journal_id: str | None,
-                  extra_tags: Mapping[str, str] | None) -> RunResult:
+                  sweep: SweepJob | None, extra_tags: Mapping[str, str] | None) -> RunResult:
     """The run in the folder it owns: its record opened, the stages, its end recorded."""
-    from pipeline.tracking.recorder import start_run
-
-    recording = record_plan(config, in_sweep=_in_sweep_job())
+    in_sweep = sweep is not None
+    parent_run_id = sweep.parent_run_id if sweep is not None else None
+    parent_journal_id = sweep.parent_journal_id if sweep is not None else None
+    recording = record_plan(config, in_sweep=in_sweep)
     seeds = run_seeds(config)
     spec = RunSpec(
         name=config.tracking.run_name or default_run_name(config), config=config_dict(config),
         seeds=seeds, config_digest=config_digest(config), environment=environment.describe(),
-        output_dir=output_dir, threads=_threads(config),
+        output_dir=output_dir, threads=_threads(config, sweep),
         tags={**config.tags, **(extra_tags or {}), **recording.tags},
     )
     recorder = start_run(
@@ -570,7 +371,8 @@ def _recorded_run(config: Config, output_dir: Path, overrides: Sequence[str],
             log.warning("the git tree is dirty: this run may not be reproducible from its "
                         "commit")
         outcome = execute(config, seeds, output_dir, overrides, hydra_files, recorder,
-                          threads=spec.threads, plots=recording.plots, saved=saved)
+                          threads=spec.threads, plots=recording.plots, saved=saved,
+                          in_sweep=in_sweep)
         _raise_if_dropped()
         started = time.perf_counter()
         recorder.finish(outcome)
@@ -633,6 +435,14 @@ def _end_failed(recorder: Recorder, message: str, saved: Sequence[Path]) -> None
         raise
 
 
+def checkpoint_metadata(preprocessor: Preprocessor, config: Config,
+                        seeds: Mapping[str, int]) -> dict[str, Any]:
+    """What every checkpoint of the run stores beside the weights: the fitted preprocessor
+    (whatever predicts later restores it from there), the config digest and the seeds."""
+    return {**preprocessor.to_metadata(), "config_digest": config_digest(config),
+            "seeds": dict(seeds)}
+
+
 def execute(
     config: Config,
     seeds: Mapping[str, int],
@@ -644,9 +454,11 @@ def execute(
     threads: int | None,
     plots: bool = True,
     saved: list[Path] | None = None,
+    in_sweep: bool = False,
 ) -> RunOutcome:
     """The stages, in order; ``recorder`` hears of the data, the plan and every epoch.
-    ``saved`` gets the path of every checkpoint written, as it is written."""
+    ``saved`` gets the path of every checkpoint written, as it is written. ``in_sweep``:
+    the run is a sweep's job (no progress bar; its process runs more jobs)."""
     saved = [] if saved is None else saved
     timings: dict[str, float] = {}
     data = run_data_stages(config, seeds, output_dir, timings)
@@ -662,14 +474,7 @@ def execute(
     artifact_dir = output_dir / "artifacts"
     checkpoints = output_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "normaliser": prepared.normaliser.to_dict(),
-        "feature_names": list(prepared.train.feature_names),
-        "label_name": prepared.train.label_name,
-        "classes": list(prepared.train.classes),
-        "config_digest": config_digest(config),
-        "seeds": dict(seeds),
-    }
+    metadata = checkpoint_metadata(data.preprocessor, config, seeds)
     model, plan = _start_model(config, prepared.train.n_features, prepared.train.n_classes,
                                seeds, output_dir)
     recorder.training_started(plan)
@@ -677,14 +482,15 @@ def execute(
         recorder.log_epoch,
         _Checkpointer(checkpoints, config.train.checkpoint_every, metadata, saved),
     ]
-    progress = ProgressBar(config.train.epochs) if _show_progress(config.train.progress) else None
+    shown = _show_progress(config.train.progress, in_sweep)
+    progress = ProgressBar(config.train.epochs) if shown else None
     if progress is not None:
         callbacks.append(progress)
     try:
         settings = training_settings(config, shuffle_seed=seeds["shuffle"],
                                      resume=plan.resumed_from is not None, threads=threads)
         # The bar closes (last in, first out) before the stage's time is logged.
-        with _timed(timings, "train"), _threadpool(threads), progress or nullcontext():
+        with timed(timings, "train"), _threadpool(threads), progress or nullcontext():
             trained = train_model(model, prepared.train, prepared.val, settings,
                                   callbacks=callbacks)
     except ValueError as error:  # the core's input checks (e.g. a resumed model's shape)
@@ -695,20 +501,24 @@ def execute(
     saved.append(final_ckpt)
     trained.model.save(final_ckpt, metadata=metadata)
 
-    with _timed(timings, "evaluate"):
-        proba = trained.model.predict_proba(prepared.test.X)
+    with timed(timings, "evaluate"):
+        # Raw test rows through the preprocessor as the checkpoint stores it: what the
+        # served model and `make plots` do (bit for bit the preprocess step's test split).
+        preprocessor = Preprocessor.from_metadata(metadata, where="the checkpoint metadata")
+        proba = trained.model.predict_proba(preprocessor.transform(data.splits.test.X))
         evaluation: Evaluation = evaluate(proba, prepared.test.y, prepared.test.classes)
 
     plot_inputs = artifacts.PlotInputs(
         evaluation=evaluation, history=trained.history.metrics, proba=proba,
         test=prepared.test, raw_test=data.splits.test, raw_train=data.splits.train,
-        model=trained.model, normaliser=prepared.normaliser,
+        model=trained.model, preprocessor=preprocessor,
     )
     drawing = artifacts.start_plots(artifact_dir, plot_inputs) if plots else None
-    if drawing is not None and _in_sweep_job():
+    if drawing is not None and in_sweep:
         # This process runs more jobs: let their plot processes fork with matplotlib
-        # already imported (CPU that parallel jobs would compete for).
-        import pipeline.plots  # noqa: F401
+        # already imported (CPU that parallel jobs would compete for). Imported here, not
+        # at the top: matplotlib takes a third of a second that a single run never needs.
+        import pipeline.run.plots  # noqa: F401
     files = artifacts.write_run_artifacts(
         artifact_dir, evaluation=evaluation, config_tree=config_dict(config),
         overrides=overrides, hydra_files=hydra_files,
@@ -758,8 +568,6 @@ def format_summary(result: RunResult) -> str:
         served = (result.store_uri or "").startswith(("http://", "https://"))
         lines.append(f"  open it: {'' if served else 'make ui, then '}{result.url}")
         if result.model_uri is not None:
-            from pipeline.paths import DEFAULT_STORE
-
             # `make serve` reads the project's store unless told another (STORE=).
             other = result.store_uri not in (None, f"sqlite:///{DEFAULT_STORE}")
             store = f" STORE={result.store_uri}" if other else ""

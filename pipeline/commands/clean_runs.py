@@ -1,4 +1,4 @@
-"""``python -m pipeline.clean_runs [--max-age-minutes M] [--uri URI]``.
+"""``python -m pipeline.commands.clean_runs [--max-age-minutes M] [--uri URI]``.
 
 A process killed hard (SIGKILL, power loss) cannot end its MLflow run, which stays
 RUNNING. Runs and sweep parents refresh a heartbeat tag every 15 s while their process
@@ -16,11 +16,12 @@ from pipeline.errors import PipelineError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.clean_runs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.commands.clean_runs",
+                                     description=__doc__)
     parser.add_argument("--max-age-minutes", type=float, default=10.0)
     parser.add_argument("--uri", default=None, help="tracking URI (default: the project store)")
     args = parser.parse_args(argv)
-    from pipeline.tracking.runs import LIVE_WITHIN_S, mark_stale_runs
+    from pipeline.tracking.runs import LIVE_WITHIN_S, mark_stale_runs  # MLflow: after --help
 
     if args.max_age_minutes * 60 < LIVE_WITHIN_S:
         print(f"--max-age-minutes {args.max_age_minutes:g} is below the heartbeat's floor: "

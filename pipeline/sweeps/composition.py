@@ -11,7 +11,7 @@ are applied to a copy of it with the function Hydra's composition applies them w
 * :func:`compose_by_shape` does it for ``ConfigLoaderImpl.load_sweep_config``, which the
   launchers call to compose each job.
 
-:class:`pipeline.sweep.SweepCallback` switches both on when a sweep starts and off when it
+:class:`pipeline.sweeps.callback.SweepCallback` switches both on when a sweep starts and off when it
 ends (``on=False``); each warm joblib worker switches :func:`compose_by_shape` on as well.
 """
 

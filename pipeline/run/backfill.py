@@ -1,44 +1,56 @@
-"""``python -m pipeline.complete <run_id> [--model] [--plots] [--uri URI]``: complete a run's
-record afterwards (``make log-model``, ``make plots``).
+"""A stored run's model and plots, added afterwards (``make log-model``, ``make plots``).
 
 A lean sweep job (``sweep.child_record=lean``), and a run made with
 ``tracking.log_model=false`` or ``tracking.plots=false``, has no MLflow model or no plots.
-This adds them to the run itself, which keeps its status and end time:
+:func:`complete_run` adds them to the run itself, which keeps its status and end time:
 
-* ``--model``: the pyfunc model, logged from the run's ``checkpoints/final.json`` exactly as
+* the model: the pyfunc model, logged from the run's ``checkpoints/final.json`` exactly as
   a full run logs it (``models:/<model_id>``, servable with ``make serve RUN_ID=<id>``);
-* ``--plots``: the plots, redrawn from the run's own record (its stored ``config.yaml``, the
-  same seeded and cached data stages, the final checkpoint and ``history.csv``) and logged
-  at a full run's paths, once the redrawn test predictions are found equal to the run's
+* the plots: redrawn from the run's own record (its stored ``config.yaml``, the same seeded
+  and cached data steps, the final checkpoint and ``history.csv``) and logged at a full
+  run's paths, once the redrawn test predictions are found equal to the run's
   ``predictions.csv`` (the plots must describe that run, not a CSV changed since).
 
-Neither flag: both. What a run has already is left as it is; either way the tag
-``model_logged`` / ``plots_logged`` ends "true". ``--uri`` picks the store (default: the
-project's ``mlflow.db``). A problem (an unknown run, a run without a final checkpoint, a
-data file gone) is one line on stderr and exit 1.
+What a run has already is left as it is; either way the tag ``model_logged`` /
+``plots_logged`` ends "true". The command is :mod:`pipeline.commands.complete`; a lean
+sweep completes its best job with it (:mod:`pipeline.sweeps.callback`); the store's side is
+:mod:`pipeline.tracking.completion`.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
+from pipeline.config.schema import Config, validate
+from pipeline.config.seeds import run_seeds
 from pipeline.errors import PipelineError
-from pipeline.tracking.record import MODEL_LOGGED_TAG, PLOTS_LOGGED_TAG
-
-if TYPE_CHECKING:
-    from pipeline.mlp import MLP
-    from pipeline.schema import Config
-    from pipeline.tracking.completion import StoredRun
+from pipeline.mlp import MLP, CheckpointError
+from pipeline.run.artifacts import PlotInputs, write_plots
+from pipeline.run.data import run_data_stages
+from pipeline.run.stored_config import (
+    NO_DIGEST,
+    NO_FILE,
+    check_stored_plugins,
+    load_stored_config,
+    shown_path,
+    stored_data_problem,
+)
+from pipeline.tracking.completion import StoredRun, open_run
+from pipeline.tracking.model import model_uri
+from pipeline.tracking.record import DATA_DIGEST_TAG, MODEL_LOGGED_TAG, PLOTS_LOGGED_TAG
+from pipeline.tracking.runs import HistoryError, Runs, read_history
+from stages.dataset import DataError
+from stages.evaluate import evaluate
+from stages.preprocess import Preprocessor
+from stages.transforms import StoredMetadataError
 
 CHECKPOINT = "checkpoints/final.json"
 CONFIG = "config.yaml"
@@ -83,8 +95,6 @@ def complete_run(run_id: str, *, uri: str | None, model: bool, plots: bool,
     plots, a run without its ``config.yaml``, ``history.csv`` or ``predictions.csv``, or whose
     data cannot be rebuilt as it was (a data file gone or changed).
     """
-    from pipeline.tracking.completion import open_run
-
     target = open_run(uri, run_id)
     run_id = target.run_id
     model_uri, model_added, drawn, plots_added = None, False, (), False
@@ -99,8 +109,6 @@ def complete_run(run_id: str, *, uri: str | None, model: bool, plots: bool,
 
 def _complete_model(target: StoredRun, folder: Path) -> tuple[str, bool]:
     """The run's model URI, and whether it was logged now."""
-    from pipeline.tracking.model import model_uri
-
     found = target.model_id()
     if found is not None:
         if target.tags.get(MODEL_LOGGED_TAG) != "true":
@@ -141,8 +149,6 @@ def _strings(value: object) -> bool:
 
 def _checkpoint(target: StoredRun, folder: Path) -> tuple[Path, MLP]:
     """The run's final checkpoint, downloaded into ``folder``, and the network it holds."""
-    from pipeline.mlp import MLP, CheckpointError
-
     path = folder / CHECKPOINT
     if not path.is_file():
         downloaded = target.download(CHECKPOINT, folder)
@@ -169,8 +175,6 @@ def _text(target: StoredRun, path: str, folder: Path, why: str) -> str:
 def _history(target: StoredRun) -> dict[str, list[float]]:
     """``history.csv`` as ``plots.plot_training_curves`` wants it: metric -> one value per
     epoch, in epoch order (what ``History.metrics`` holds)."""
-    from pipeline.tracking.runs import HistoryError, Runs, read_history
-
     why = "its training curves cannot be drawn"
     try:
         frame = read_history(Runs(target.uri, store=target.store), target.run_id)
@@ -205,23 +209,6 @@ def _redraw(target: StoredRun, folder: Path, out: Path, plugins: list[str]) -> N
     The stored config is data: it imports only the ``plugins`` the user named, and its data
     file is checked against the run's data digest before the stages read it.
     """
-    from omegaconf import OmegaConf
-
-    from pipeline.artifacts import PlotInputs, write_plots
-    from pipeline.rerun import (
-        DATA_DIGEST_TAG,
-        NO_DIGEST,
-        NO_FILE,
-        check_stored_plugins,
-        load_stored_config,
-        shown_path,
-        stored_data_problem,
-    )
-    from pipeline.runner import run_data_stages, run_seeds
-    from pipeline.schema import validate
-    from stages.dataset import DataError
-    from stages.evaluate import evaluate
-
     run_id = target.run_id
     _, network = _checkpoint(target, folder)
     text = _text(target, CONFIG, folder, "the run's data cannot be rebuilt for its plots")
@@ -264,8 +251,13 @@ def _redraw(target: StoredRun, folder: Path, out: Path, plugins: list[str]) -> N
     recorded_digest = target.tags.get("data.test_digest")
     if recorded_digest is not None and recorded_digest != prepared.test.digest():
         raise PipelineError(f"run {run_id}: {changed}")
+    try:  # the run's own preprocessor, as its checkpoint stores it (the plugins named)
+        preprocessor = Preprocessor.from_metadata(network.metadata,
+                                                  where=f"run {run_id}'s {CHECKPOINT}")
+    except StoredMetadataError as error:
+        raise PipelineError(_first_line(error)) from None
     try:
-        proba = network.predict_proba(prepared.test.X)
+        proba = network.predict_proba(preprocessor.transform(data.splits.test.X))
     except ValueError as error:
         raise PipelineError(f"run {run_id}: its final checkpoint does not fit its data "
                             f"({_first_line(error)}); {changed}") from None
@@ -278,54 +270,17 @@ def _redraw(target: StoredRun, folder: Path, out: Path, plugins: list[str]) -> N
     write_plots(out, PlotInputs(
         evaluation=evaluation, history=history, proba=proba, test=prepared.test,
         raw_test=data.splits.test, raw_train=data.splits.train, model=network,
-        normaliser=prepared.normaliser,
+        preprocessor=preprocessor,
     ))
 
 
 def _data_source(config: Config) -> str:
     if config.data.source == "csv":
-        from pipeline.rerun import shown_path
-
         return f"the CSV {shown_path(Path(config.data.path))}"
     return "the data-generating code"
 
 
 def _plots_command(target: StoredRun, plugins: str) -> str:
     """The command that redraws the run's plots importing ``plugins`` (given as ``[a,b]``)."""
-    return (f"python -m pipeline.complete {target.run_id} --plots --uri '{target.uri}' "
-            f"--plugins {plugins.strip('[]')}")
-
-
-# -- command line ----------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.complete", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_id", help="the MLflow run to complete")
-    parser.add_argument("--model", action="store_true", help="log the run's MLflow model")
-    parser.add_argument("--plots", action="store_true", help="draw and log the run's plots")
-    parser.add_argument("--uri", default=None, help="the store's tracking URI (default: the "
-                        "project's mlflow.db)")
-    parser.add_argument("--plugins", default="", help="comma-separated modules of the run's "
-                        "pipeline.plugins that you trust: redrawing its plots imports them (a "
-                        "stored config alone never makes it)")
-    args = parser.parse_args(argv)
-    run_id = args.run_id.strip()
-    if not run_id or run_id.startswith("-"):
-        print("usage: python -m pipeline.complete <run_id> [--model] [--plots] [--uri URI]",
-              file=sys.stderr)
-        return 2
-    both = not args.model and not args.plots
-    try:
-        done = complete_run(run_id, uri=args.uri or None, model=args.model or both,
-                            plots=args.plots or both,
-                            plugins=[p.strip() for p in args.plugins.split(",") if p.strip()])
-    except PipelineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    for line in done.lines():
-        print(line)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return (f"python -m pipeline.commands.complete {target.run_id} --plots "
+            f"--uri '{target.uri}' --plugins {plugins.strip('[]')}")

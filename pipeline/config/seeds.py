@@ -10,8 +10,12 @@ settings therefore never shifts another stage's randomness, and a pinned seed
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.config.schema import Config
 
 CONSUMERS = ("data", "split", "init", "shuffle")
 
@@ -32,3 +36,12 @@ def resolve_seeds(root: int, pinned: dict[str, int | None]) -> dict[str, int]:
         name: pinned[name] if pinned.get(name) is not None else derive_seed(root, name)
         for name in CONSUMERS
     }  # type: ignore[misc]
+
+
+def run_seeds(config: Config) -> dict[str, int]:
+    """The seed each random consumer of a run uses: the config's pinned seeds, the others
+    derived from its root ``seed``."""
+    return resolve_seeds(config.seed, {
+        "data": getattr(config.data, "seed", None), "split": config.split.seed,
+        "init": config.model.seed, "shuffle": config.train.shuffle_seed,
+    })

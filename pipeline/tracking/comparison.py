@@ -1,4 +1,5 @@
-"""What differs between runs, read from a store as plain values (``python -m pipeline.compare``).
+"""What differs between runs, read from a store as plain values (``python -m
+pipeline.commands.compare``).
 
 :func:`compare` reads each run once (``get_run``), expands a sweep's parent into its
 children, and reads artifacts only where needed: every run's ``environment.json`` (the
@@ -68,7 +69,7 @@ class Divergence:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Everything ``pipeline.compare`` shows, in the order of ``runs``."""
+    """Everything ``pipeline.commands.compare`` shows, in the order of ``runs``."""
 
     uri: str
     runs: tuple[RunView, ...]
@@ -173,15 +174,13 @@ def as_history(frame: pd.DataFrame) -> History:
 def _history(runs: Runs, run: RunView) -> tuple[History, str]:
     """A run's per-epoch metrics: from its history.csv (every epoch) when it has one, else
     from the store (which may hold thinned points)."""
-    from pipeline.tracking.shipper import HISTORY_ARTIFACT  # numpy and more: only for two
-
     try:
         frame = read_history(runs, run.run_id)
     except HistoryError:
         frame = None
     history = as_history(frame) if frame is not None else {}
     if history:
-        return history, HISTORY_ARTIFACT
+        return history, names.HISTORY_ARTIFACT
     keys = sorted(k for k in run.metrics if not k.startswith(TIME_METRIC_PREFIX))
     logged = runs.histories(run.run_id, keys)
     # Per-epoch metrics have steps from 1; the test metrics are logged once, at step 0.

@@ -7,6 +7,7 @@ concurrent sweep job) never sees half a file.
 
 The cache keys each data stage by a sha256 of its name, its config and its inputs'
 digests: a sweep over model or optimiser settings computes the data stages once.
+(Writing whole files and the lock between processes: :mod:`pipeline.files`.)
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.files import atomic_path, file_lock
 from stages.dataset import Dataset
 
 # Bump when a stage's output for the same config changes, to invalidate old entries.
@@ -31,36 +33,6 @@ CACHE_VERSION = 1
 _META_KEY = b"pipeline.dataset"
 
 T = TypeVar("T")
-
-
-@contextmanager
-def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it onto ``final`` on success.
-
-    On any error the temporary file is removed and ``final`` is left untouched.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp",
-                                    dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except OSError as error:
-        if error.filename or not error.errno:
-            raise
-        raise OSError(error.errno, error.strerror, str(final)) from error  # a full disk: where
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return path
 
 
 def write_dataset(data: Dataset, path: Path) -> Path:
@@ -80,15 +52,6 @@ def read_dataset(path: Path) -> Dataset:
     table = pq.read_table(path)
     meta = json.loads((table.schema.metadata or {})[_META_KEY])
     return Dataset.from_frame(table.to_pandas(), meta["label_name"], meta["classes"])
-
-
-def digest_file(path: Path) -> str:
-    """sha256 hex of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_key(stage: str, config: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
@@ -144,20 +107,5 @@ class StageCache:
         return value, False
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (fcntl) held for the block; released if the process dies."""
-    import fcntl
-
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)

@@ -25,12 +25,12 @@ import pandas as pd
 import yaml
 
 from pipeline import environment
-from pipeline.datastore import atomic_path, write_text_atomic
+from pipeline.files import atomic_path, write_text_atomic
 from pipeline.interrupts import signals_held
 from pipeline.mlp import MLP
 from stages.dataset import Dataset
 from stages.evaluate import Evaluation
-from stages.normalise import Normaliser
+from stages.preprocess import Preprocessor
 
 CLAIM_NAME = ".pipeline-run"  # in a run's folder while the run writes there
 RUN_PREFIX = "run-"  # a run-specific subfolder: run-<key>
@@ -202,9 +202,9 @@ def _draw(target: Any, args: tuple[Any, ...]) -> None:
 class PlotInputs:
     """What the plots of one run are drawn from.
 
-    proba: (n_test, 1) or (n_test, k); test: the normalised test split; raw_train and
-    raw_test: the splits before normalisation (the decision boundary is drawn over raw
-    features).
+    proba: (n_test, 1) or (n_test, k); test: the test split as the model sees it; raw_train
+    and raw_test: the splits before preprocessing (the decision boundary is drawn over raw
+    features, through ``preprocessor``).
     """
 
     evaluation: Evaluation
@@ -214,7 +214,7 @@ class PlotInputs:
     raw_test: Dataset
     raw_train: Dataset
     model: MLP
-    normaliser: Normaliser
+    preprocessor: Preprocessor
 
 
 def start_plots(folder: Path, inputs: PlotInputs) -> PlotJob:
@@ -227,8 +227,8 @@ def write_plots(folder: Path, inputs: PlotInputs) -> dict[str, Path]:
     decision boundary for two features only); return their paths by name."""
     evaluation, history, proba = inputs.evaluation, inputs.history, inputs.proba
     test, raw_test, raw_train = inputs.test, inputs.raw_test, inputs.raw_train
-    model, normaliser = inputs.model, inputs.normaliser
-    from pipeline import plots
+    model, preprocessor = inputs.model, inputs.preprocessor
+    from pipeline.run import plots  # matplotlib (~0.3 s): in the plot process, not the run's
 
     out = folder / "plots"
     out.mkdir(parents=True, exist_ok=True)
@@ -246,6 +246,6 @@ def write_plots(folder: Path, inputs: PlotInputs) -> dict[str, Path]:
         X = np.vstack([raw_train.X, raw_test.X])
         y = np.concatenate([raw_train.y, raw_test.y])
         files["boundary_png"] = Path(plots.plot_decision_boundary(
-            lambda raw: model.predict_proba(normaliser.transform(raw)), X, y,
+            lambda raw: model.predict_proba(preprocessor.transform(raw)), X, y,
             raw_test.feature_names, out / "decision_boundary.png"))
     return files
