@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from pipeline import environment
 from pipeline.files import atomic_path, write_text_atomic
 from pipeline.interrupts import signals_held
 from pipeline.mlp import MLP
-from stages.dataset import Dataset
+from stages.dataset import DataError, Dataset
 from stages.evaluate import Evaluation
 from stages.preprocess import Preprocessor
 
@@ -195,7 +196,12 @@ def _draw(target: Any, args: tuple[Any, ...]) -> None:
     PNG files are not part of an interrupted run's record)."""
     for signum in _STOPS:
         signal.signal(signum, signal.SIG_DFL)
-    target(*args)
+    try:
+        target(*args)
+    except Exception as error:  # one line, as every failure; the run goes on without plots
+        print(f"drawing the plots: {type(error).__name__}: {error}".splitlines()[0],
+              file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 @dataclass(frozen=True)
@@ -245,7 +251,15 @@ def write_plots(folder: Path, inputs: PlotInputs) -> dict[str, Path]:
     if raw_test.n_features == 2:
         X = np.vstack([raw_train.X, raw_test.X])
         y = np.concatenate([raw_train.y, raw_test.y])
-        files["boundary_png"] = Path(plots.plot_decision_boundary(
-            lambda raw: model.predict_proba(preprocessor.transform(raw)), X, y,
-            raw_test.feature_names, out / "decision_boundary.png"))
+        def predict(raw: np.ndarray) -> np.ndarray:
+            return model.predict_proba(preprocessor.transform(raw))
+
+        try:
+            boundary = plots.plot_decision_boundary(
+                predict, X, y, raw_test.feature_names, out / "decision_boundary.png")
+        except DataError:  # the margin left a transform's domain (log1p below -1)
+            boundary = plots.plot_decision_boundary(
+                predict, X, y, raw_test.feature_names, out / "decision_boundary.png",
+                margin=0.0)
+        files["boundary_png"] = Path(boundary)
     return files

@@ -134,15 +134,17 @@ def plot_decision_boundary(
     feature_names: Sequence[str],
     path: PathLike,
     grid: int = 200,
+    margin: float = 0.05,
 ) -> Path:
     """Contour of P(class 1) (or of the predicted class when k > 2) over the raw 2-feature
     space, with the points. X: (n, 2) raw features; y: (n,); predict_proba takes raw
-    (m, 2) rows and returns (m, 1) or (m, k)."""
+    (m, 2) rows and returns (m, 1) or (m, k). The grid reaches ``margin`` times each
+    feature's range beyond the data."""
     X = np.asarray(X, dtype=float)
     if X.ndim != 2 or X.shape[1] != 2:
         raise ValueError(f"plot_decision_boundary needs X of shape (n, 2), got {X.shape}")
     low, high = X.min(axis=0), X.max(axis=0)
-    pad = np.where(high > low, (high - low) * 0.05, 1.0)
+    pad = np.where(high > low, (high - low) * margin, margin * 20)
     xs, ys = (np.linspace(low[i] - pad[i], high[i] + pad[i], grid) for i in range(2))
     gx, gy = np.meshgrid(xs, ys)
     P = np.asarray(predict_proba(np.column_stack([gx.ravel(), gy.ravel()])), dtype=float)
