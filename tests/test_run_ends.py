@@ -528,3 +528,26 @@ def test_a_model_that_does_not_fit_is_named_as_such(compose_cfg, tmp_path, isola
     assert "model.hidden_sizes" in message and "data." not in message, message
     (failed,) = runs(store)
     assert failed.info.status == "FAILED" and failed.data.tags["error"] == message
+
+
+def test_an_interrupt_python_drops_in_a_finaliser_is_raised_again_without_a_traceback(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C whose KeyboardInterrupt lands in a __del__ or a garbage-collection callback:
+    Python drops it there and prints "Exception ignored in ..."; the run raises it again
+    (so it ends KILLED) and nothing is printed."""
+    from pipeline.run import runner
+
+    class Finalised:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)  # the handler raises inside __del__
+
+    pytests_hook, sys.unraisablehook = sys.unraisablehook, sys.__unraisablehook__  # Python's
+    try:
+        with runner._interrupts_raise(worker=False):
+            Finalised()  # collected at once: the interrupt is raised, and dropped, in __del__
+            with pytest.raises(KeyboardInterrupt):
+                runner._raise_if_dropped()
+    finally:
+        sys.unraisablehook = pytests_hook
+        runner._unseen.clear()
+    assert capfd.readouterr().err == ""

@@ -143,9 +143,20 @@ def _interrupts_raise(worker: bool) -> Iterator[None]:
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
+    default_hook = sys.unraisablehook
+
+    def quiet_when_dropped(unraisable: Any) -> None:
+        # The interrupt landed in a garbage-collection callback or a __del__, where Python
+        # prints "Exception ignored in ..." and a traceback: _raise_if_dropped raises it
+        # again, so the user sees one line.
+        if not any(unraisable.exc_value is stop for stop in _unseen):
+            default_hook(unraisable)
+
+    sys.unraisablehook = quiet_when_dropped
     try:
         yield
     finally:
+        sys.unraisablehook = default_hook
         for signum, previous_handler in previous.items():
             signal.signal(signum, previous_handler)
 
