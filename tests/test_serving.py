@@ -56,6 +56,27 @@ def _listening(host: str = "127.0.0.1") -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
+def predict_over_http(server: subprocess.Popen, log: Path, port: int,
+                      raw: pd.DataFrame) -> list[dict]:
+    """Once ``server`` (its output in ``log``) answers /ping on 127.0.0.1:``port``, the
+    predictions it gives for the rows of ``raw``, sent as a dataframe_split."""
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                break
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    body = {"dataframe_split": {"columns": list(raw.columns), "data": raw.to_numpy().tolist()}}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())["predictions"]
+
+
 def _make(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
@@ -291,22 +312,7 @@ def test_make_serve_answers_what_the_run_predicted(trained: Trained, tmp_path: P
             start_new_session=True)
     gone = False
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.3)
-        body = {"dataframe_split": {"columns": list(raw.columns),
-                                    "data": raw.to_numpy().tolist()}}
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            served = json.loads(answer.read())["predictions"]
+        served = predict_over_http(server, log, port, raw)
     finally:
         gone = _stop_group(server, port)
     assert gone, "the model server outlived its process group's SIGTERM"

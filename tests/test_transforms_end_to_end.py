@@ -11,9 +11,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +30,13 @@ from pipeline.run.runner import checkpoint_metadata, run
 from stages.transforms import TRANSFORMS, register_transform
 from tests.conftest import FAST
 from tests.servers import free_port
-from tests.test_serving import USER_ENV, _make, _own_lines, _stop_group
+from tests.test_serving import (
+    USER_ENV,
+    _make,
+    _own_lines,
+    _stop_group,
+    predict_over_http,
+)
 
 PLUGIN = "e2e_transforms"
 PLUGIN_CODE = '''
@@ -239,22 +242,7 @@ def test_make_serve_from_a_fresh_shell_answers_the_runs_predictions(trained: Tra
             stdout=out, stderr=subprocess.STDOUT, text=True, env=_env(trained.folder),
             cwd=tmp_path, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.3)
-        body = {"dataframe_split": {"columns": list(raw.columns),
-                                    "data": raw.to_numpy().tolist()}}
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            served = json.loads(answer.read())["predictions"]
+        served = predict_over_http(server, log, port, raw)
     finally:
         gone = _stop_group(server, port)
     assert gone, "the model server outlived its process group's SIGTERM"
