@@ -44,6 +44,7 @@ from pipeline.config.schema import validate  # (importing it gives Hydra the opt
 from pipeline.errors import ConfigError, PipelineError, Terminated
 from pipeline.sweeps.callback import (
     finish_open_sweep,
+    quiet_dropped_interrupts,
     raise_if_stopping,
     remember_stop,
     stop_signal,
@@ -206,6 +207,7 @@ def _raise_on_signals() -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    quiet_dropped_interrupts()
 
 
 def _interrupt_line(stop: KeyboardInterrupt, sweep: bool) -> str:

@@ -287,3 +287,28 @@ def test_a_stop_the_garbage_collector_swallowed_still_stops_the_next_job(monkeyp
     with pytest.raises(KeyboardInterrupt):
         sweep.raise_if_stopping()
     assert isinstance(sweep.stop_signal(), KeyboardInterrupt)
+
+
+def test_a_stop_python_drops_in_a_finaliser_prints_no_traceback() -> None:
+    """Ctrl-C landing in a ``__del__`` (GitPython's ``Repo.__del__`` in a sweep's parent):
+    Python drops the handler's interrupt and prints "Exception ignored in" with a traceback
+    unless the sweep's hook, which raises it again later, silences it. Unrelated errors in a
+    finaliser still print."""
+    code = (
+        "import gc, sys\n"
+        "import pipeline.sweeps.callback as sweep\n"
+        "sweep.quiet_dropped_interrupts()\n"
+        "class Raises:\n"
+        "    def __init__(self, error): self.error = error\n"
+        "    def __del__(self): raise self.error\n"
+        "Raises(KeyboardInterrupt()); gc.collect()\n"  # before any stop: printed
+        "sweep.remember_stop(KeyboardInterrupt())\n"
+        "Raises(KeyboardInterrupt()); gc.collect()\n"  # while stopping: silent
+        "Raises(ValueError('unrelated')); gc.collect()\n"
+        "print('still running')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.strip() == "still running", done.stderr
+    assert done.stderr.count("Exception ignored") == 2, done.stderr
+    assert "ValueError: unrelated" in done.stderr

@@ -610,6 +610,21 @@ def remember_stop(stop: KeyboardInterrupt) -> None:
         _stopping = stop
 
 
+def quiet_dropped_interrupts() -> None:
+    """Once Ctrl-C or SIGTERM came, an interrupt that Python drops (raised by a signal
+    handler inside a ``__del__`` or a garbage-collection callback, where Python prints
+    "Exception ignored in ..." and a traceback) is not printed: the process raises it again
+    (:func:`raise_if_stopping`, and its exit code says so), so the user sees one line."""
+    default_hook = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if _stopping is not None and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return
+        default_hook(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def raise_if_stopping() -> None:
     """Raise the sweep's interrupt again if Ctrl-C or SIGTERM came: Python drops an
     exception raised by a signal handler that interrupted a garbage-collection callback,
