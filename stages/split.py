@@ -125,3 +125,50 @@ def split_dataset(
         test=data.take(test),
         val=data.take(val) if vf > 0 else None,
     )
+
+
+# -- k folds over the training rows (split.folds) ----------------------------------------------
+def assign_folds(data: Dataset, folds: int, *, stratify: bool, seed: int) -> np.ndarray:
+    """The fold (0..folds-1) of each row of ``data`` (the rows outside the test split).
+
+    ``default_rng(seed)`` shuffles the rows (stratified: each class's rows, classes in index
+    order), then deals them to the folds in turn, so fold sizes differ by at most one (and,
+    stratified, each class's count per fold too). DataError (one line naming split.folds)
+    when a fold cannot be trained or held out: fewer rows than folds, or a class whose rows
+    all fall into one fold (that fold's training part would not know it).
+    Returns an int64 array (n,).
+    """
+    n = data.n_samples
+    if n < folds:
+        raise DataError(f"split.folds={folds}: the {n} rows outside the test split are fewer "
+                        f"than {folds} folds; use fewer folds or more rows")
+    rng = np.random.default_rng(seed)
+    if stratify:
+        order = np.concatenate([rng.permutation(np.flatnonzero(data.y == c))
+                                for c in np.unique(data.y)])
+    else:
+        order = rng.permutation(n)
+    assignment = np.empty(n, dtype=np.int64)
+    assignment[order] = np.arange(n) % folds
+    _check_fold_classes(data, assignment, folds, stratify)
+    return assignment
+
+
+def _check_fold_classes(data: Dataset, assignment: np.ndarray, folds: int,
+                        stratify: bool) -> None:
+    """Every class of ``data`` is in the training part (the other folds) of every fold."""
+    for c in np.unique(data.y):
+        holding = np.unique(assignment[data.y == c])
+        if len(holding) == 1:
+            fix = "more rows of that class" + ("" if stratify else ", split.stratify=true")
+            raise DataError(
+                f"split.folds={folds}: the training part of fold {int(holding[0]) + 1} has no "
+                f"rows of class {data.classes[c]!r} ({int(np.sum(data.y == c))} of the "
+                f"{data.n_samples} rows); use {fix} or split.folds=null")
+
+
+def fold_parts(data: Dataset, assignment: np.ndarray, fold: int) -> tuple[Dataset, Dataset]:
+    """(training part, held-out part) of fold ``fold`` (0-based): the rows of the other
+    folds and the fold's own, each in the order of ``data``."""
+    held = assignment == fold
+    return data.take(np.flatnonzero(~held)), data.take(np.flatnonzero(held))

@@ -184,7 +184,7 @@ def test_same_config_and_a_run_with_itself_are_identical(made, capsys) -> None:
         code, out, _ = _main(capsys, *pair, "--uri", made.uri)
         assert code == 0
         history = _section(out, "history")[3:]
-        assert len(history) == 3  # train_loss, train_mse, train_accuracy
+        assert len(history) == 6  # train_/val_ loss, mse, accuracy (default: a val split)
         assert all(line.endswith(f"identical over {EPOCHS} epochs") for line in history)
         assert _section(out, "params")[0].startswith("params: all ")
         digests = _section(out, "config, data")[3:]
@@ -202,7 +202,8 @@ def test_history_falls_back_to_the_store(made, capsys, monkeypatch) -> None:
     assert code == 0
     assert "#1 from store, #2 from store; the store may hold thinned points" in out
     history = {line.split()[0]: line for line in _section(out, "history")[3:]}
-    assert set(history) == {"train_loss", "train_mse", "train_accuracy"}
+    assert set(history) == {"train_loss", "train_mse", "train_accuracy", "val_loss", "val_mse",
+                            "val_accuracy"}
     assert history["train_loss"].endswith("diverges at epoch 1")
 
 

@@ -72,7 +72,8 @@ def test_rustnet_csv_preset_points_at_the_diabetes_csv(compose_cfg) -> None:
         ("optimizer.name=adagrad", "optimizer.name", "adam"),
         ("+model.depth=3", "model.depth", "depth"),
         ("split.val_fraction=0.9", "split.val_fraction", "test_fraction + val_fraction < 1"),
-        ("train.early_stopping_patience=5", "train.early_stopping_patience", "val_fraction"),
+        ("split.folds=1", "split.folds", ">= 2"),
+        ("split.folds=-3", "split.folds", ">= 2"),
         # what the stages no longer check themselves: the schema is the one place
         ("data.n_samples=1", "data.n_samples", ">= 2"),
         ("data.n_samples=10.5", "data.n_samples", "10.5"),
@@ -99,6 +100,56 @@ def test_bad_values_name_the_key(compose_cfg, override: str, key: str, fragment:
         message = str(caught.value)
         assert "\n" not in message
     assert key in message and fragment in message
+
+
+def test_early_stopping_needs_validation_data(compose_cfg) -> None:
+    """Without a validation split (split.val_fraction=0), or with k folds (the refit on all
+    the rows outside the test split has nothing to stop on), early stopping is refused
+    before any work, in one line that names the fix."""
+    with pytest.raises(ConfigError, match=r"^train\.early_stopping_patience: got 5; needs a "
+                                          r"validation split: set split\.val_fraction > 0"):
+        validate(compose_cfg("train.early_stopping_patience=5", "split.val_fraction=0"))
+    with pytest.raises(ConfigError, match=r"^train\.early_stopping_patience: got 5; not with "
+                                          r"split\.folds=3 .*split\.folds=null"):
+        validate(compose_cfg("train.early_stopping_patience=5", "split.folds=3"))
+    assert validate(compose_cfg("train.early_stopping_patience=5")).split.val_fraction == 0.2
+
+
+def test_folds_leave_val_fraction_unused_and_recorded_as_0(compose_cfg) -> None:
+    """With k folds there is no validation split: a val_fraction (the default 0.2 or any
+    other valid value) is not used, and the validated config says 0.0, so the run's params
+    and config digest describe what it did."""
+    from pipeline.config.digest import config_digest
+
+    folded = validate(compose_cfg("split.folds=5"))
+    assert (folded.split.folds, folded.split.val_fraction) == (5, 0.0)
+    other = validate(compose_cfg("split.folds=5", "split.val_fraction=0.3"))
+    assert other.split.val_fraction == 0.0 and config_digest(other) == config_digest(folded)
+    with pytest.raises(ConfigError, match=r"split\.val_fraction"):  # still a wrong value
+        validate(compose_cfg("split.folds=5", "split.val_fraction=1.5"))
+
+
+def test_a_config_recorded_before_folds_existed_validates_with_its_digest(compose_cfg) -> None:
+    """A stored config without split.folds (recorded before it existed) still validates, as
+    no folds, with the config digest it was recorded with (its checkpoint holds it)."""
+    from omegaconf import OmegaConf
+
+    from pipeline.config.digest import config_dict, config_digest, tree_digest
+
+    old = OmegaConf.to_container(compose_cfg("split.val_fraction=0"), resolve=False)
+    del old["split"]["folds"]
+    config = validate(OmegaConf.create(old))
+    assert config.split.folds is None
+    recorded = config_dict(config)  # the tree as the version before folds recorded it
+    del recorded["split"]["folds"]
+    assert config_digest(config) == tree_digest(recorded)
+
+
+def test_rustnet_presets_keep_rustnets_split(compose_cfg) -> None:
+    for preset in ("rustnet_rf", "rustnet_csv"):
+        config = validate(compose_cfg(f"experiment={preset}"))
+        assert config.split.val_fraction == 0.0 and config.split.folds is None
+    assert validate(compose_cfg()).split.val_fraction == 0.2
 
 
 def test_csv_without_path_is_rejected(compose_cfg) -> None:

@@ -14,11 +14,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.config.paths import PROJECT_ROOT
-from pipeline.config.schema import validate
-from pipeline.mlp import MLP
+from pipeline.config.schema import METRIC_NAMES, training_settings, validate
+from pipeline.config.seeds import fold_seed
+from pipeline.mlp import MLP, fit
 from pipeline.mlp.parallel import part_count
+from pipeline.run.datastore import read_dataset
 from pipeline.run.runner import RunResult, run
+from stages.evaluate import evaluate
 from stages.normalise import Normaliser
+from stages.preprocess import Preprocessor, fit_preprocessor
+from stages.split import assign_folds, fold_parts
+from stages.train import build_model
 from tests.conftest import FAST
 
 pytestmark = pytest.mark.slow
@@ -54,10 +60,12 @@ def test_default_pipeline_records_everything(compose_cfg, tmp_path, isolated, st
     for key in ("train_mse", "train_loss", "train_accuracy"):
         history = client.get_metric_history(result.run_id, key)
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, 301))
-    for key in ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc",
-                "test_log_loss", "test_mse"):
-        assert key in run_.data.metrics, key
+    for name in METRIC_NAMES:  # the test split's figures, and the validation split's
+        assert f"test_{name}" in run_.data.metrics, name
+        assert f"val_{name}" in run_.data.metrics, name
     assert run_.data.metrics["test_accuracy"] >= 0.9
+    assert set(result.metrics) == {f"{split}_{name}" for split in ("val", "test")
+                                   for name in METRIC_NAMES}
 
     tags = run_.data.tags
     for key in ("git_commit", "git_dirty", "data_digest", "checkpoint_sha256",
@@ -77,7 +85,7 @@ def test_default_pipeline_records_everything(compose_cfg, tmp_path, isolated, st
     assert confusion["labels"] == ["0", "1"]
     assert sum(map(sum, confusion["matrix"])) == 200  # the 20 % test split of 1000 rows
     predictions = pd.read_csv(local / "predictions.csv")
-    assert list(predictions.columns) == ["probability", "predicted_label", "actual_label"]
+    assert list(predictions.columns)[:3] == ["probability", "predicted_label", "actual_label"]
     assert len(predictions) == 200
     accuracy = (predictions["predicted_label"] == predictions["actual_label"]).mean()
     assert accuracy == pytest.approx(run_.data.metrics["test_accuracy"])
@@ -104,7 +112,156 @@ def test_default_pipeline_records_everything(compose_cfg, tmp_path, isolated, st
             == predictions["predicted_label"].astype(str).to_numpy()).all()
 
     inputs = run_.inputs.dataset_inputs
-    assert {i.dataset.name for i in inputs} == {"train", "test"}
+    assert {i.dataset.name for i in inputs} == {"train", "val", "test"}
+
+    # The validation figures are the evaluate stage's on the raw validation rows through the
+    # checkpoint's preprocessor, and they are the run's latest values (the core's per-epoch
+    # val_accuracy curve ends at the same step).
+    val = pd.read_parquet(result.output_dir / "data" / "02_split" / "val.parquet")
+    assert len(val) == 200  # 0.2 of the 1000 rows, taken from the training part
+    expected_val = _evaluate_checkpoint(local / "checkpoints" / "final.json", val)
+    for key, value in expected_val.items():
+        assert _same(run_.data.metrics[key], value), key
+        assert _same(result.metrics[key], value), key
+    (measured,) = [m for m in model_metrics.values() if m.key == "val_accuracy"]
+    assert measured.dataset_name == "val"
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (np.isnan(a) and np.isnan(b))
+
+
+def _evaluate_checkpoint(checkpoint_path: Path, frame: pd.DataFrame) -> dict[str, float]:
+    """The evaluate stage's val_* figures of a checkpoint on raw rows (a split's parquet)."""
+    checkpoint = MLP.load(checkpoint_path)
+    preprocessor = Preprocessor.from_metadata(checkpoint.metadata)
+    label = preprocessor.label_name
+    proba = checkpoint.predict_proba(preprocessor.transform(frame.drop(columns=[label])))
+    return dict(evaluate(proba, frame[label].to_numpy(), preprocessor.classes,
+                         prefix="val").metrics)
+
+
+def test_the_final_validation_figures_are_the_best_epochs_with_early_stopping(
+        compose_cfg, tmp_path, isolated, store) -> None:
+    """Early stopping gives back the best epoch's model (the core restores its weights):
+    the run's val_* are that model's, the latest values in the store, although the core's
+    per-epoch val_accuracy curve ends with the last epoch's different value."""
+    result = _run(compose_cfg, tmp_path, isolated, "optimizer.lr=0.05",
+                  "train.early_stopping_patience=5", "data.noise_std=0.3",
+                  "tracking.plots=false")
+    client = MlflowClient(store)
+    run_ = client.get_run(result.run_id)
+    last, best = int(run_.data.tags["epochs_run"]), None
+    curve = {}
+    for point in client.get_metric_history(result.run_id, "val_accuracy"):
+        curve.setdefault(point.step, []).append(point)
+    assert last < 300 and max(curve) == last  # it stopped early
+    epochs = pd.read_csv(client.download_artifacts(result.run_id, "history.csv",
+                                                   str(tmp_path / "h")))
+    best = int(epochs.loc[epochs["val_loss"].idxmin(), "epoch"])
+    per_epoch = dict(zip(epochs["epoch"], epochs["val_accuracy"], strict=True))
+    assert per_epoch[last] != per_epoch[best]  # the case that matters
+
+    checkpoint = MLP.load(result.output_dir / "checkpoints" / "final.json")
+    assert checkpoint.epoch == best
+    val = pd.read_parquet(result.output_dir / "data" / "02_split" / "val.parquet")
+    expected = _evaluate_checkpoint(result.output_dir / "checkpoints" / "final.json", val)
+    assert expected["val_accuracy"] == per_epoch[best]
+    for key, value in expected.items():
+        assert _same(run_.data.metrics[key], value), key
+    # Two points at the last epoch: the core's, then the final figure, stamped after it.
+    core, final = sorted(curve[last], key=lambda m: m.timestamp)
+    assert (core.value, final.value) == (per_epoch[last], expected["val_accuracy"])
+    assert final.timestamp > core.timestamp
+
+
+def _csv(tmp_path: Path, n: int = 240, n_classes: int = 2) -> Path:
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0, 2, (n_classes, 3))
+    y = rng.integers(0, n_classes, n)
+    frame = pd.DataFrame(centres[y] + rng.normal(0, 1.5, (n, 3)), columns=["a", "b", "c"])
+    frame["label"] = np.array(["no", "yes", "maybe"])[y]
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_k_folds_score_each_fold_without_leakage_then_refit(
+        compose_cfg, tmp_path, isolated, store) -> None:
+    """split.folds=3: each fold's figures (a preprocessor fitted on the other folds only,
+    a model trained with the run's seeds), their mean and std; then one model refit on all
+    the rows outside the test split, scored on test and logged; the data steps' cache is
+    the one a run without a validation split uses."""
+    path = _csv(tmp_path)
+    common = ["data=csv", f"data.path={path}", "optimizer.lr=0.01", "split.stratify=true"]
+    plain = _run(compose_cfg, tmp_path / "plain", isolated, *common, "split.val_fraction=0",
+                 "tracking.plots=false", "tracking.log_model=false")
+    result = _run(compose_cfg, tmp_path, isolated, *common, "split.folds=3")
+    client = MlflowClient(store)
+    run_ = client.get_run(result.run_id)
+    metrics = run_.data.metrics
+    for name in METRIC_NAMES:
+        folds = [metrics[f"fold{i}_val_{name}"] for i in (1, 2, 3)]
+        assert _same(metrics[f"val_{name}"], float(np.mean(folds))), name
+        assert _same(metrics[f"val_{name}_std"], float(np.std(folds))), name
+        assert f"test_{name}" in metrics
+    assert "fold4_val_accuracy" not in metrics
+    params = run_.data.params
+    assert (params["split.folds"], params["split.val_fraction"]) == ("3", "0.0")
+    tags = run_.data.tags
+    assert (tags["cache.load_csv"], tags["cache.split"], tags["cache.preprocess"]) == (
+        "hit", "hit", "hit")
+
+    # Fold 1 again by hand, from its parts: the preprocessor sees its training part only.
+    seeds = {k.removeprefix("seeds."): int(v) for k, v in params.items()
+             if k.startswith("seeds.")}
+    train = read_dataset(result.output_dir / "data" / "02_split" / "train.parquet")
+    assignment = assign_folds(train, 3, stratify=True, seed=fold_seed(seeds["split"]))
+    part, held = fold_parts(train, assignment, 0)
+    preprocessor = fit_preprocessor(part)
+    model = build_model(3, 2, hidden_sizes=[12], seed=seeds["init"])
+    config = validate(compose_cfg(*FAST, *isolated, *common, "split.folds=3"))
+    fit(model, preprocessor.transform(part.X), part.y,
+        training_settings(config, shuffle_seed=seeds["shuffle"]))
+    fold1 = evaluate(model.predict_proba(preprocessor.transform(held.X)), held.y, held.classes,
+                     prefix="val").metrics
+    for key, value in fold1.items():
+        assert _same(metrics[f"fold1_{key}"], value), key
+
+    # The refit: all the rows outside the test split, its own preprocessor, no val curve.
+    checkpoint = MLP.load(result.output_dir / "checkpoints" / "final.json")
+    without = MLP.load(plain.output_dir / "checkpoints" / "final.json")
+    np.testing.assert_array_equal(checkpoint.params, without.params)  # a run without val data
+    refit = Preprocessor.from_metadata(checkpoint.metadata)
+    np.testing.assert_array_equal(refit.normaliser.mean, fit_preprocessor(train).normaliser.mean)
+    assert metrics["test_accuracy"] == result.metrics["test_accuracy"] >= 0.8
+    history = pd.read_csv(client.download_artifacts(result.run_id, "history.csv",
+                                                    str(tmp_path / "h")))
+    assert list(history.columns) == ["epoch", "train_loss", "train_mse", "train_accuracy"]
+    assert len(history) == 300
+    logged = mlflow.search_logged_models(
+        experiment_ids=[result.experiment_id], filter_string=f"source_run_id = '{result.run_id}'",
+        output_format="list")
+    assert len(logged) == 1
+    assert "val_accuracy" not in {m.key for m in logged[0].metrics or []}  # not its figure
+    assert {i.dataset.name for i in run_.inputs.dataset_inputs} == {"train", "test"}
+
+
+def test_too_few_rows_for_the_folds_is_one_line(tmp_path, store) -> None:
+    path = _csv(tmp_path, n=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", f"tracking.uri={store}", *FAST, "data=csv",
+         f"data.path={path}", "split.folds=25", f"pipeline.cache_dir={tmp_path / 'cache'}",
+         f"hydra.run.dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "split.folds=25: the 24 rows outside the test split are fewer than 25 folds; use "
+        "fewer folds or more rows")
+    client = MlflowClient(store)
+    (run_,) = client.search_runs([client.get_experiment_by_name("mlp-pipeline").experiment_id])
+    assert run_.info.status == "FAILED" and run_.data.tags["error"].startswith("split.folds=25")
 
 
 def test_rustnet_rf_preset_reaches_99_percent(compose_cfg, tmp_path, isolated, store) -> None:
@@ -162,7 +319,11 @@ def test_cli_make_train_equivalent(tmp_path, store) -> None:
         env={**__import__("os").environ, "PYTHONPATH": str(PROJECT_ROOT)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Test metrics" in done.stdout and "Confusion matrix" in done.stdout
+    assert "Confusion matrix" in done.stdout
+    table = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("Metrics"))
+    assert table[header].split() == ["Metrics", "val", "test"]
+    assert table[header + 1].split()[0] == "accuracy"
     assert "#/experiments/" in done.stdout
     runs = MlflowClient(store).search_runs(
         [MlflowClient(store).get_experiment_by_name("mlp-pipeline").experiment_id])

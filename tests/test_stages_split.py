@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from stages.dataset import DataError, Dataset
-from stages.split import Splits, _sizes, split_dataset
+from stages.split import Splits, _sizes, assign_folds, fold_parts, split_dataset
 
 
 def indexed(y: np.ndarray | list[int], classes: tuple[str, ...] = ("0", "1")) -> Dataset:
@@ -129,3 +129,54 @@ def test_stratified_class_too_small_for_train() -> None:
 def test_single_class_data() -> None:
     with pytest.raises(DataError, match="single class"):
         split_dataset(indexed(np.zeros(10, int)))
+
+
+# -- k folds over the rows outside the test split ---------------------------------------------
+def test_folds_cover_every_row_once_in_near_equal_sizes() -> None:
+    data = indexed(np.arange(103) % 2)
+    assignment = assign_folds(data, 5, stratify=False, seed=11)
+    assert assignment.shape == (103,) and set(assignment.tolist()) == set(range(5))
+    assert sorted(np.bincount(assignment).tolist()) == [20, 20, 21, 21, 21]
+    for fold in range(5):
+        train, held = fold_parts(data, assignment, fold)
+        assert sorted(np.r_[rows(train), rows(held)].tolist()) == list(range(103))
+        assert set(rows(held).tolist()) == set(np.flatnonzero(assignment == fold).tolist())
+        # the training part keeps the rows' order: the other folds in the split's order
+        assert np.all(np.diff(rows(train)) > 0)
+
+
+def test_folds_are_seeded() -> None:
+    data = indexed(np.arange(60) % 3, ("a", "b", "c"))
+    first = assign_folds(data, 4, stratify=False, seed=3)
+    np.testing.assert_array_equal(first, assign_folds(data, 4, stratify=False, seed=3))
+    assert not np.array_equal(first, assign_folds(data, 4, stratify=False, seed=4))
+    assert not np.array_equal(first, np.arange(60) % 4)  # shuffled, not dealt in order
+
+
+def test_stratified_folds_keep_the_class_proportions() -> None:
+    y = np.r_[np.zeros(80, int), np.ones(20, int)]
+    rng = np.random.default_rng(0)
+    data = indexed(rng.permutation(y))
+    assignment = assign_folds(data, 5, stratify=True, seed=1)
+    for fold in range(5):
+        assert np.bincount(data.y[assignment == fold]).tolist() == [16, 4]
+    uneven = indexed(np.r_[np.zeros(7, int), np.ones(5, int), np.full(4, 2)], ("a", "b", "c"))
+    assignment = assign_folds(uneven, 3, stratify=True, seed=2)
+    for c in range(3):  # each class spread as evenly as its count allows
+        counts = np.bincount(assignment[uneven.y == c], minlength=3)
+        assert counts.max() - counts.min() <= 1
+    assert np.bincount(assignment).max() - np.bincount(assignment).min() <= 1
+
+
+def test_fewer_rows_than_folds_names_split_folds() -> None:
+    with pytest.raises(DataError, match=r"^split\.folds=5: the 4 rows outside the test split "
+                                        r"are fewer than 5 folds"):
+        assign_folds(indexed([0, 1, 0, 1]), 5, stratify=False, seed=0)
+
+
+@pytest.mark.parametrize("stratify", [False, True])
+def test_a_class_missing_from_a_folds_training_part_names_split_folds(stratify: bool) -> None:
+    y = np.r_[np.zeros(11, int), 1]  # one row of class 1: the fold holding it trains without
+    with pytest.raises(DataError, match=r"^split\.folds=3: the training part of fold \d "
+                                        r"has no rows of class '1' \(1 of the 12 rows\)"):
+        assign_folds(indexed(y), 3, stratify=stratify, seed=0)

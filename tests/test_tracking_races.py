@@ -120,7 +120,7 @@ def test_four_runs_started_at_once_on_a_new_store(tmp_path, trial) -> None:
     client = MlflowClient(uri)
     for run in runs:  # complete records: every epoch, the test metrics, the inputs
         assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 50
-        assert "test_accuracy" in run.data.metrics and len(run.inputs.dataset_inputs) == 2
+        assert "test_accuracy" in run.data.metrics and len(run.inputs.dataset_inputs) == 3
     # The store stays usable: no half-migrated schema, no leftover _alembic_tmp_ table.
     import sqlite3
 

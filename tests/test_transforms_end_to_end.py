@@ -59,7 +59,7 @@ register_transform("centre", centre, fit=_fit)
 TRANSFORMS_3 = ("data.transforms=[{name: log1p, columns: [a, 2]}, centre, "
                 "{name: polynomial, degree: 2}]")
 TRANSFORMS_2 = "data.transforms=[centre, {name: polynomial, degree: 3, interaction_only: false}]"
-DEFAULT_DIGEST = "967303bfd3f30527a315527d8683abddfe407b41656167f9d391002fba6cf148"
+DEFAULT_DIGEST = "d98807e50a83c2bf42dd2cd90c10ba89778a15b55f2b597d1873f00e57bb8eb9"
 
 
 def _write_csv(path: Path, n_features: int, seed: int) -> None:

@@ -30,8 +30,8 @@ BOOKKEEPING = (
 
 
 # Settings added after runs were recorded, left out of the digest while they hold the
-# value that means "as before" (no transforms), so a run's digest stays what it was.
-OMITTED_AT_DEFAULT: dict[str, Any] = {"data.transforms": []}
+# value that means "as before" (no transforms, no folds), so a run's digest stays what it was.
+OMITTED_AT_DEFAULT: dict[str, Any] = {"data.transforms": [], "split.folds": None}
 
 
 def is_bookkeeping(key: str) -> bool:

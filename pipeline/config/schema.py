@@ -293,8 +293,13 @@ class SplitConfig:
     val_fraction: float = MISSING
     stratify: bool = MISSING
     seed: int | None = MISSING
+    # A default, not MISSING: a config recorded before the setting existed had no folds.
+    folds: int | None = None
 
     def __post_init__(self) -> None:
+        if self.folds is not None and self.folds < 2:
+            _fail("split.folds", self.folds, "must be an integer >= 2 (k-fold cross-"
+                  "validation on the rows outside the test split) or null")
         if not 0 < self.test_fraction < 1:
             _fail("split.test_fraction", self.test_fraction, "must be in (0, 1)")
         if not 0 <= self.val_fraction < 1:
@@ -304,6 +309,10 @@ class SplitConfig:
                   f"must leave rows for training: test_fraction + val_fraction < 1 "
                   f"(test_fraction is {self.test_fraction})")
         _check_seed("split.seed", self.seed)
+        if self.folds is not None:
+            # The folds replace the validation split: a val_fraction (valid, as checked
+            # above) is not used, and the run records the 0.0 it ran with.
+            self.val_fraction = 0.0
 
 
 @dataclass
@@ -329,8 +338,20 @@ class TrackingConfig:
                   "to send every epoch to the store")
 
 
-METRICS = ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc",
-           "test_log_loss", "test_mse")
+# What the evaluate stage reports for a split, without the split's prefix (``test_``, and
+# ``val_`` for the validation split or the folds' mean). MLflow's names where it has one.
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "mse",
+                "precision_recall_auc", "brier_score", "calibration_error",
+                "precision_macro", "recall_macro", "f1_macro",
+                "precision_weighted", "recall_weighted", "f1_weighted")
+# Metrics where lower is better (the direction a tie-breaking metric is ranked in).
+LOWER_IS_BETTER = ("log_loss", "mse", "brier_score", "calibration_error")
+METRICS = tuple(f"{split}_{name}" for split in ("val", "test") for name in METRIC_NAMES)
+
+
+def lower_is_better(metric: str) -> bool:
+    """``val_log_loss`` -> True, ``test_accuracy`` -> False."""
+    return metric.partition("_")[2] in LOWER_IS_BETTER
 
 
 @dataclass
@@ -341,9 +362,11 @@ class SweepConfig:
     resume: str | None = MISSING
     max_failures: int | None = MISSING
     child_record: str = MISSING
+    tie_metric: str = MISSING
 
     def __post_init__(self) -> None:
         _check_choice("sweep.metric", self.metric, METRICS)
+        _check_choice("sweep.tie_metric", self.tie_metric, METRICS)
         _check_choice("sweep.child_record", self.child_record, ("lean", "full"))
         _check_choice("sweep.direction", self.direction, ("maximize", "minimize"))
         if self.replicates is not None and self.replicates < 1:
@@ -383,6 +406,11 @@ class Config:
         for key, value in self.tags.items():
             _check_length(f"tags.{key}", str(key), MAX_TAG_KEY)
             _check_length(f"tags.{key}", str(value), MAX_TAG_VALUE)
+        if self.train.early_stopping_patience is not None and self.split.folds is not None:
+            _fail("train.early_stopping_patience", self.train.early_stopping_patience,
+                  f"not with split.folds={self.split.folds} (the refit on all the rows "
+                  "outside the test split has no validation data to stop on): leave it null "
+                  "(train.epochs is then the setting to tune) or set split.folds=null")
         if self.train.early_stopping_patience is not None and self.split.val_fraction == 0:
             _fail("train.early_stopping_patience", self.train.early_stopping_patience,
                   "needs a validation split: set split.val_fraction > 0 or leave it null")

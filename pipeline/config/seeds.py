@@ -4,7 +4,9 @@ Each random consumer (data generation, split, initialisation, mini-batch shuffli
 gets its own stream from ``numpy.random.SeedSequence(root, spawn_key=(id,))``, where
 ``id`` is a fixed number derived from the consumer's name. Changing one stage's
 settings therefore never shifts another stage's randomness, and a pinned seed
-(RustNet's data seed 42, split seed 7) replaces just its own stream.
+(RustNet's data seed 42, split seed 7) replaces just its own stream. The folds of
+``split.folds`` are a child stream of the split's seed (:func:`fold_seed`): pinning
+``split.seed`` pins them too, and the split itself does not change with them.
 """
 
 from __future__ import annotations
@@ -45,3 +47,11 @@ def run_seeds(config: Config) -> dict[str, int]:
         "data": getattr(config.data, "seed", None), "split": config.split.seed,
         "init": config.model.seed, "shuffle": config.train.shuffle_seed,
     })
+
+
+def fold_seed(split_seed: int) -> int:
+    """The seed that deals the rows outside the test split into ``split.folds`` folds: a
+    stream of its own derived from the split's seed (not one of the run's ``seeds.*``, so
+    a run without folds records and checkpoints exactly what it did before folds existed).
+    """
+    return derive_seed(split_seed, "folds")

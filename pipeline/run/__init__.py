@@ -3,6 +3,7 @@
 * :mod:`.runner`     ``run`` and ``execute``: the record opened, the stages, the end recorded;
 * :mod:`.context`    what a sweep tells a run about its place in it (:class:`SweepJob`);
 * :mod:`.data`       the data steps, each through the stage cache;
+* :mod:`.folds`      k-fold cross-validation before the refit (``split.folds``);
 * :mod:`.datastore`  Parquet files and the content-addressed stage cache;
 * :mod:`.artifacts`  the folder a run owns and the files it logs;
 * :mod:`.plots`      the figures (matplotlib), :mod:`.progress` the terminal's bar;

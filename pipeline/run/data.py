@@ -208,6 +208,15 @@ def _split(ctx: StepContext) -> Splits:
                          seed=ctx.seeds["split"])
 
 
+def _split_settings(ctx: StepContext) -> dict[str, Any]:
+    """The split settings the step reads: not split.folds (the folds are dealt from its
+    train part after it; with folds the validated config already has val_fraction 0), so
+    a run with folds and one without a validation split share the cached split."""
+    settings = dataclasses.asdict(ctx.config.split)
+    settings.pop("folds", None)
+    return {**settings, "seed": ctx.seeds["split"]}
+
+
 def _preprocess(ctx: StepContext) -> tuple[Preprocessor, NormalisedSplits]:
     return preprocess(ctx.outputs["splits"], ctx.config.data.transforms, where=TRANSFORMS_KEY)
 
@@ -244,8 +253,7 @@ GENERATE = DataStep("generate", "raw", _generate, _source_settings, lambda ctx: 
                     save_dataset, load_dataset, applies=lambda config: config.data.source == "rf")
 LOAD_CSV = DataStep("load_csv", "raw", _load_csv, _source_settings, _csv_inputs,
                     save_dataset, load_dataset, applies=lambda config: config.data.source == "csv")
-SPLIT = DataStep("split", "splits", _split, lambda ctx: {**dataclasses.asdict(ctx.config.split),
-                                                          "seed": ctx.seeds["split"]},
+SPLIT = DataStep("split", "splits", _split, _split_settings,
                  lambda ctx: {"data": ctx.outputs["raw"].digest()}, save_splits, load_splits)
 PREPROCESS = DataStep("preprocess", "prepared", _preprocess, _transform_settings,
                       _preprocess_inputs, save_prepared, load_prepared)

@@ -3,9 +3,10 @@
 ``run(config, ...)`` is what ``python -m pipeline`` calls after validating the
 config; tests call it too. It opens the run's record first (so an unreachable store
 fails before any work), runs the data steps (generate/load_csv -> split -> preprocess, each
-cached by content: :data:`pipeline.run.data.DATA_STEPS`) -> train -> evaluate, and reports what it
-finds to tracking as plain values (:mod:`pipeline.tracking.record`), which journals and
-sends them. The run ends FINISHED, FAILED (with an ``error`` tag) or KILLED.
+cached by content: :data:`pipeline.run.data.DATA_STEPS`) -> [k folds, :mod:`pipeline.run.folds`]
+-> train -> evaluate (test, and validation), and reports what it finds to tracking as plain
+values (:mod:`pipeline.tracking.record`), which journals and sends them. The run ends
+FINISHED, FAILED (with an ``error`` tag) or KILLED.
 
 A sweep's job is handed its place in the sweep as a value
 (:class:`~pipeline.run.context.SweepJob`: parent run, thread budget, worker process); the
@@ -34,11 +35,12 @@ from pipeline.config.paths import DEFAULT_CACHE, DEFAULT_STORE, resolve_path
 from pipeline.config.schema import Config, training_settings
 from pipeline.config.seeds import run_seeds
 from pipeline.errors import PipelineError, Terminated
-from pipeline.files import digest_file
+from pipeline.files import atomic_path, digest_file
 from pipeline.mlp import MLP, CheckpointError, TrainingDiverged
 from pipeline.run import artifacts
 from pipeline.run.context import SweepJob
-from pipeline.run.data import check_transforms, run_data_stages, timed
+from pipeline.run.data import DataStages, check_transforms, run_data_stages, timed
+from pipeline.run.folds import cross_validate
 from pipeline.run.progress import ProgressBar
 from pipeline.tracking.journal import find_sweep_journal, new_journal_id
 from pipeline.tracking.record import (
@@ -51,13 +53,20 @@ from pipeline.tracking.record import (
     RunOutcome,
     RunSpec,
     TrainingPlan,
+    Validation,
 )
 from pipeline.tracking.recorder import Recorder, start_run
 from pipeline.tracking.runs import fetch_checkpoint
-from stages.dataset import DataError
+from stages.dataset import DataError, Dataset
 from stages.evaluate import Evaluation, evaluate
 from stages.preprocess import Preprocessor
-from stages.train import Architecture, build_model, plan_architecture, train_model
+from stages.train import (
+    Architecture,
+    TrainResult,
+    build_model,
+    plan_architecture,
+    train_model,
+)
 
 log = logging.getLogger("pipeline")
 
@@ -415,7 +424,7 @@ def _recorded_run(config: Config, output_dir: Path, overrides: Sequence[str],
         raise
     return RunResult(
         run_id=recorder.run_id, experiment_id=recorder.experiment_id, url=recorder.url,
-        metrics=dict(outcome.metrics), confusion=dict(outcome.confusion),
+        metrics=outcome.final_metrics, confusion=dict(outcome.confusion),
         output_dir=output_dir, journal=recorder.journal_path,
         model_id=recorder.model_id, store_uri=recorder.store_uri,
         sweep_dir=_offline_sweep_dir(recorder, parent_journal_id),
@@ -481,43 +490,29 @@ def execute(
     ))
     log.info("cache: %s", ", ".join(f"{s} {'hit' if h else 'miss'}"
                                      for s, h in data.cache_hits.items()))
+    folds = None
+    if config.split.folds is not None:  # before the refit: the folds' figures, then all rows
+        with timed(timings, "folds"), _threadpool(threads):
+            folds = cross_validate(config, seeds, data.splits, threads=threads)
 
     artifact_dir = output_dir / "artifacts"
-    checkpoints = output_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
     metadata = checkpoint_metadata(data.preprocessor, config, seeds)
-    model, plan = _start_model(config, prepared.train.n_features, prepared.train.n_classes,
-                               seeds, output_dir)
-    recorder.training_started(plan)
-    callbacks: list[Callable[..., Any]] = [
-        recorder.log_epoch,
-        _Checkpointer(checkpoints, config.train.checkpoint_every, metadata, saved),
-    ]
-    shown = _show_progress(config.train.progress, in_sweep)
-    progress = ProgressBar(config.train.epochs) if shown else None
-    if progress is not None:
-        callbacks.append(progress)
-    try:
-        settings = training_settings(config, shuffle_seed=seeds["shuffle"],
-                                     resume=plan.resumed_from is not None, threads=threads)
-        # The bar closes (last in, first out) before the stage's time is logged.
-        with timed(timings, "train"), _threadpool(threads), progress or nullcontext():
-            trained = train_model(model, prepared.train, prepared.val, settings,
-                                  callbacks=callbacks)
-    except ValueError as error:  # the core's input checks (e.g. a resumed model's shape)
-        if isinstance(error, CheckpointError | DataError):
-            raise
-        raise PipelineError(f"train: {_user_error(error)}") from error
-    final_ckpt = checkpoints / "final.json"
+    trained = _train(config, seeds, data, output_dir, recorder, metadata, saved,
+                     threads=threads, in_sweep=in_sweep, timings=timings)
+    trained_ms = time.time() * 1000.0  # after every epoch was recorded
+    final_ckpt = output_dir / "checkpoints" / "final.json"
     saved.append(final_ckpt)
     trained.model.save(final_ckpt, metadata=metadata)
 
     with timed(timings, "evaluate"):
-        # Raw test rows through the preprocessor as the checkpoint stores it: what the
-        # served model and `make plots` do (bit for bit the preprocess step's test split).
+        # Raw rows through the preprocessor as the checkpoint stores it: what the served
+        # model and `make plots` do (bit for bit the preprocess step's test split).
         preprocessor = Preprocessor.from_metadata(metadata, where="the checkpoint metadata")
         proba = trained.model.predict_proba(preprocessor.transform(data.splits.test.X))
         evaluation: Evaluation = evaluate(proba, prepared.test.y, prepared.test.classes)
+        validation = (Validation(folds, trained_ms, dataset=None) if folds is not None
+                      else _validation(trained.model, preprocessor, data.splits.val,
+                                       trained_ms))
 
     plot_inputs = artifacts.PlotInputs(
         evaluation=evaluation, history=trained.history.metrics, proba=proba,
@@ -536,8 +531,11 @@ def execute(
     )
     (artifact_dir / "checkpoints").mkdir(exist_ok=True)
     for path in dict.fromkeys(saved):  # this run's checkpoints, whatever else is there
-        shutil.copy2(path, artifact_dir / "checkpoints" / path.name)
+        # Whole or not at all: a full disk must not leave an empty copy behind.
+        with atomic_path(artifact_dir / "checkpoints" / path.name) as copy:
+            shutil.copy2(path, copy)
     history = trained.history
+    tables = (("train", data.splits.train), ("val", data.splits.val), ("test", data.splits.test))
     outcome = RunOutcome(
         metrics=dict(evaluation.metrics), timings=dict(timings),
         confusion=evaluation.confusion.to_dict(),
@@ -547,24 +545,97 @@ def execute(
         best_epoch=history.best_epoch, artifact_dir=artifact_dir,
         inputs=[InputTable(context, split.to_frame(), split.digest(), data.raw.label_name,
                            data.source)
-                for context, split in (("train", data.splits.train), ("test", data.splits.test))],
+                for context, split in tables if split is not None],
         model=ModelFiles(final_ckpt, data.raw.feature_names, data.raw.classes),
+        validation=validation,
     )
     # The results go to the store while the plots are drawn; the artifact folder after.
     recorder.record(outcome)
-    if drawing is not None:
-        if drawing.wait():
-            recorder.plots_drawn()
-        else:
-            log.warning("drawing the plots failed; the run is logged without them")
+    # A plot that failed printed its own line (pipeline.run.artifacts); the others are
+    # logged, and `make plots` draws them all again.
+    if drawing is not None and drawing.wait():
+        recorder.plots_drawn()
     return outcome
 
 
+def _train(config: Config, seeds: Mapping[str, int], data: DataStages, output_dir: Path,
+           recorder: Recorder, metadata: Mapping[str, Any], saved: list[Path], *,
+           threads: int | None, in_sweep: bool, timings: dict[str, float]) -> TrainResult:
+    """The run's model (new, or resumed) trained on the training split, validated on the
+    validation split if any; every epoch to ``recorder``, checkpoints into ``saved``."""
+    prepared = data.normalised
+    checkpoints = output_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    model, plan = _start_model(config, prepared.train.n_features, prepared.train.n_classes,
+                               seeds, output_dir)
+    recorder.training_started(plan)
+    callbacks: list[Callable[..., Any]] = [
+        recorder.log_epoch,
+        _Checkpointer(checkpoints, config.train.checkpoint_every, metadata, saved),
+    ]
+    shown = _show_progress(config.train.progress, in_sweep)
+    progress = ProgressBar(config.train.epochs) if shown else None
+    if progress is not None:
+        callbacks.append(progress)
+    try:
+        settings = training_settings(config, shuffle_seed=seeds["shuffle"],
+                                     resume=plan.resumed_from is not None, threads=threads)
+        # The bar closes (last in, first out) before the stage's time is logged.
+        with timed(timings, "train"), _threadpool(threads), progress or nullcontext():
+            return train_model(model, prepared.train, prepared.val, settings,
+                               callbacks=callbacks)
+    except ValueError as error:  # the core's input checks (e.g. a resumed model's shape)
+        if isinstance(error, CheckpointError | DataError):
+            raise
+        raise PipelineError(f"train: {_user_error(error)}") from error
+
+
+def _validation(model: MLP, preprocessor: Preprocessor, val: Dataset | None,
+                after_ms: float) -> Validation | None:
+    """The evaluate stage's ``val_*`` figures of the run's model on the raw validation rows,
+    through the preprocessor the test rows go through (None: no validation split)."""
+    if val is None:
+        return None
+    proba = model.predict_proba(preprocessor.transform(val.X))
+    figures = evaluate(proba, val.y, val.classes, prefix="val")
+    return Validation(dict(figures.metrics), after_ms, dataset="val")
+
+
+def _metric_table(metrics: Mapping[str, float]) -> list[str]:
+    """One row per metric name, its validation figure beside its test figure; with k folds
+    the validation column is their mean ± std."""
+    names = [key.removeprefix("test_") for key in metrics if key.startswith("test_")]
+    names += [key.removeprefix("val_") for key in metrics
+              if key.startswith("val_") and not key.endswith("_std")
+              and key.removeprefix("val_") not in names]
+    folds = len({key.split("_", 1)[0] for key in metrics if key.startswith("fold")})
+
+    def shown(key: str) -> str:
+        value = metrics.get(key)
+        return "-" if value is None else f"{value:.4f}"
+
+    columns: list[tuple[str, list[str]]] = []
+    if any(f"val_{name}" in metrics for name in names):
+        cells = [shown(f"val_{name}") + (f" ± {shown(f'val_{name}_std')}" if folds else "")
+                 for name in names]
+        columns.append((f"val, {folds} folds (mean ± std)" if folds else "val", cells))
+    if any(f"test_{name}" in metrics for name in names):
+        columns.append(("test", [shown(f"test_{name}") for name in names]))
+    first = max(len("Metrics"), *(len(name) + 2 for name in names))
+    widths = [max(len(title), *(len(cell) for cell in cells)) for title, cells in columns]
+    lines = ["Metrics".ljust(first) + "".join(f"  {title:>{width}}" for (title, _), width
+                                             in zip(columns, widths, strict=True))]
+    for row, name in enumerate(names):
+        lines.append(f"  {name}".ljust(first) + "".join(
+            f"  {cells[row]:>{width}}" for (_, cells), width in zip(columns, widths,
+                                                                     strict=True)))
+    return lines
+
+
 def format_summary(result: RunResult) -> str:
-    """The end-of-run console summary: test metrics, confusion matrix, where to look."""
-    lines = ["", "Test metrics"]
-    for key, value in result.metrics.items():
-        lines.append(f"  {key:<16} {value:.4f}")
+    """The end-of-run console summary: validation and test metrics side by side, the
+    confusion matrix (test), where to look."""
+    lines = ["", *(_metric_table(result.metrics) if result.metrics else [])]
     labels = [str(label) for label in result.confusion.get("labels", [])]
     matrix = result.confusion.get("matrix", [])
     if labels:

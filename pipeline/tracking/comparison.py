@@ -183,9 +183,10 @@ def _history(runs: Runs, run: RunView) -> tuple[History, str]:
         return history, names.HISTORY_ARTIFACT
     keys = sorted(k for k in run.metrics if not k.startswith(TIME_METRIC_PREFIX))
     logged = runs.histories(run.run_id, keys)
-    # Per-epoch metrics have steps from 1; the test metrics are logged once, at step 0.
+    # Per-epoch metrics have points at several steps from 1; the final figures are logged
+    # once (test_* at step 0, val_* at the last epoch, after that epoch's own point).
     return {key: dict(points) for key, points in logged.items()
-            if any(step > 0 for step, _ in points)}, "store"
+            if len({step for step, _ in points if step > 0}) > 1}, "store"
 
 
 def diverge(a: History, b: History) -> tuple[Divergence, ...]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.tracking.journal import now_ms
 
 HEARTBEAT_TAG = "pipeline.heartbeat"
@@ -108,10 +110,41 @@ class ModelFiles:
 
 
 @dataclass(frozen=True)
+class Validation:
+    """A run's final validation figures: ``val_<name>`` of the model the run returns on its
+    validation split, or, with k folds (:func:`fold_metrics`), each fold's
+    ``fold<i>_val_<name>``, their mean ``val_<name>`` and std ``val_<name>_std``.
+
+    They are logged at the run's last epoch, where the core's per-epoch ``val_*`` curves end,
+    stamped after ``after_ms`` (when that epoch was recorded): MLflow keeps the point with the
+    highest (step, time) as a metric's value, so these are the run's ``val_accuracy`` and
+    not the last epoch's (with early stopping the model is the best epoch's).
+    """
+
+    metrics: Mapping[str, float]
+    after_ms: float
+    dataset: str | None  # the input table they were measured on; None: the folds'
+
+
+def fold_metrics(folds: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Each fold's ``val_<name>`` as ``fold<i>_val_<name>`` (i from 1), then ``val_<name>``
+    (their mean) and ``val_<name>_std`` (their population std, as scikit-learn's
+    ``GridSearchCV`` reports it) for every name the folds share. NaN in a fold (ROC AUC of a
+    fold holding one class) makes its mean and std NaN."""
+    metrics = {f"fold{i}_{key}": value for i, fold in enumerate(folds, start=1)
+               for key, value in fold.items()}
+    for key in folds[0]:
+        values = np.array([fold[key] for fold in folds], dtype=np.float64)
+        metrics[key] = float(np.mean(values))
+        metrics[f"{key}_std"] = float(np.std(values))
+    return metrics
+
+
+@dataclass(frozen=True)
 class RunOutcome:
     """A finished run: test metrics, stage times, result files and what to log."""
 
-    metrics: Mapping[str, float]
+    metrics: Mapping[str, float]  # test_<name>: the final estimate
     timings: Mapping[str, float]
     confusion: Mapping[str, Any]
     checkpoint_sha256: str
@@ -122,6 +155,12 @@ class RunOutcome:
     artifact_dir: Path
     inputs: Sequence[InputTable]
     model: ModelFiles | None
+    validation: Validation | None = None  # None: no validation split and no folds
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        """The test metrics, then the validation figures (what a run returns)."""
+        return {**self.metrics, **(self.validation.metrics if self.validation else {})}
 
 
 def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
@@ -187,10 +226,10 @@ def _dataset(table: InputTable) -> dict[str, Any]:
 
 def outcome_records(outcome: RunOutcome, *, log_model: bool) -> list[dict[str, Any]]:
     """What a finished run adds but its files: result digests, inputs, the model, the test
-    metrics (also the model's, measured on the test input) and the stage times."""
+    metrics (also the model's, measured on the test input), the final validation figures
+    (see :class:`Validation`) and the stage times."""
     stamp = now_ms()
-    tested_on = next((["test", t.digest[:36]] for t in outcome.inputs if t.context == "test"),
-                     None)
+    tested_on = _input(outcome, "test")
     records: list[dict[str, Any]] = [
         {"k": "tags", "tags": {"checkpoint_sha256": outcome.checkpoint_sha256,
                                "predictions_sha256": outcome.predictions_sha256,
@@ -204,10 +243,29 @@ def outcome_records(outcome: RunOutcome, *, log_model: bool) -> list[dict[str, A
     records.append({"k": "metrics", "values": dict(outcome.metrics), "step": 0,
                     "time_ms": stamp, "of_model": log_model and outcome.model is not None,
                     "dataset": tested_on})
+    if outcome.validation is not None:
+        records.append(_validation_record(outcome, outcome.validation, log_model, stamp))
     records.append({"k": "metrics", "values": {f"time_{stage}_s": seconds for stage, seconds
                                                in outcome.timings.items()},
                     "step": 0, "time_ms": stamp, "of_model": False, "dataset": None})
     return records
+
+
+def _input(outcome: RunOutcome, context: str) -> list[str] | None:
+    """[name, digest] of the run's input table ``context``, as a metric's dataset."""
+    return next(([context, t.digest[:36]] for t in outcome.inputs if t.context == context),
+                None)
+
+
+def _validation_record(outcome: RunOutcome, validation: Validation, log_model: bool,
+                       stamp: int) -> dict[str, Any]:
+    """The final validation figures at the last epoch, stamped after it (see Validation)."""
+    measured_on = None if validation.dataset is None else _input(outcome, validation.dataset)
+    return {"k": "metrics", "values": dict(validation.metrics),
+            "step": outcome.last_epoch or 0,
+            "time_ms": max(stamp, int(validation.after_ms) + 1),
+            "of_model": log_model and outcome.model is not None and measured_on is not None,
+            "dataset": measured_on}
 
 
 def artifact_records(outcome: RunOutcome) -> list[dict[str, Any]]:
