@@ -30,8 +30,9 @@ from tests.conftest import FAST
 
 LEAN = ["tracking.log_model=false", "tracking.plots=false"]
 FULL = ["tracking.log_model=true", "tracking.plots=true"]
-PLOTS = ["confusion_matrix.png", "plots/decision_boundary.png",
-         "plots/probability_vs_label.png", "plots/roc_curve.png", "plots/training_curves.png"]
+PLOTS = ["confusion_matrix.png", "plots/calibration_curve.png", "plots/decision_boundary.png",
+         "plots/precision_recall_curve.png", "plots/probability_vs_label.png",
+         "plots/roc_curve.png", "plots/training_curves.png"]
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def test_plots_are_those_a_full_run_draws(store: Store, full: Made, lean: Made,
     assert not set(PLOTS) & _tree(client, lean.run_id)
     code, out, err = _cli(capsys, lean.run_id, "--plots", "--uri", store.uri)
     assert code == 0, err
-    assert out == [f"run {lean.run_id}: plots logged (5 files)"]
+    assert out == [f"run {lean.run_id}: plots logged (7 files)"]
     # The same artifact paths as the run that drew its own plots, and the same pictures:
     # the same data, checkpoint and history, drawn by the same code.
     assert _tree(client, lean.run_id) == _tree(client, full.run_id)
@@ -202,7 +203,7 @@ def test_plots_are_those_a_full_run_draws(store: Store, full: Made, lean: Made,
     _kept(client, lean)
 
     code, out, _ = _cli(capsys, lean.run_id, "--plots", "--uri", store.uri)
-    assert code == 0 and out == [f"run {lean.run_id}: already has plots (5 files)"]
+    assert code == 0 and out == [f"run {lean.run_id}: already has plots (7 files)"]
     _kept(client, lean)
 
 
@@ -339,7 +340,7 @@ def test_make_targets_complete_a_run(store: Store, capsys) -> None:
     assert code == 0 and len(lines) == 1, lines
     assert lines[0].startswith(f"run {made.run_id}: model logged (models:/m-")
     code, lines = _make("plots", f"RUN_ID={made.run_id}", f"STORE={store.uri}")
-    assert code == 0 and lines == [f"run {made.run_id}: plots logged (4 files)"], lines
+    assert code == 0 and lines == [f"run {made.run_id}: plots logged (6 files)"], lines
     assert _tags(store.client, made.run_id) == ("true", "true")
     _kept(store.client, made)
     code, lines = _make("log-model", "RUN_ID=0123456789abcdef", f"STORE={store.uri}")

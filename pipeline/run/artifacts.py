@@ -5,9 +5,9 @@ output folder it was given, or, when that folder already holds another run's out
 or is claimed by a run still going, a run-specific subfolder of it.
 
 The artifacts are written into one folder (``<run folder>/artifacts``) that tracking
-logs in one call: confusion matrix (JSON + PNG), predictions.csv, plots, the resolved
-config and Hydra's overrides, and the environment. (The per-epoch history artifact is
-written by tracking, from the run's journal.)
+logs in one call: confusion matrix (JSON + PNG), predictions.csv, per_class_metrics.csv,
+plots, the resolved config and Hydra's overrides, and the environment. (The per-epoch
+history artifact is written by tracking, from the run's journal.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import pandas as pd
 import yaml
 
 from pipeline import environment
+from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_text_atomic
 from pipeline.interrupts import signals_held
 from pipeline.mlp import MLP
@@ -144,6 +145,7 @@ def write_run_artifacts(
         folder / "confusion_matrix.json", json.dumps(evaluation.confusion.to_dict(), indent=2)
     )
     files["predictions"] = _write_csv(evaluation.predictions, folder / "predictions.csv")
+    files["per_class"] = _write_csv(evaluation.per_class, folder / "per_class_metrics.csv")
     files["config"] = write_text_atomic(
         folder / "config.yaml", yaml.safe_dump(dict(config_tree), sort_keys=False)
     )
@@ -199,8 +201,9 @@ def _draw(target: Any, args: tuple[Any, ...]) -> None:
     try:
         target(*args)
     except Exception as error:  # one line, as every failure; the run goes on without plots
-        print(f"drawing the plots: {type(error).__name__}: {error}".splitlines()[0],
-              file=sys.stderr, flush=True)
+        line = str(error) if isinstance(error, PlotsFailed) else (
+            f"drawing the plots: {type(error).__name__}: {error}")
+        print(line.splitlines()[0], file=sys.stderr, flush=True)
         os._exit(1)
 
 
@@ -223,6 +226,10 @@ class PlotInputs:
     preprocessor: Preprocessor
 
 
+class PlotsFailed(PipelineError):
+    """One plot or more could not be drawn (the others were)."""
+
+
 def start_plots(folder: Path, inputs: PlotInputs) -> PlotJob:
     """Start drawing the run's plots into ``folder`` (see :class:`PlotJob`)."""
     return PlotJob(write_plots, (folder, inputs))
@@ -230,36 +237,75 @@ def start_plots(folder: Path, inputs: PlotInputs) -> PlotJob:
 
 def write_plots(folder: Path, inputs: PlotInputs) -> dict[str, Path]:
     """Draw the run's plots into ``folder`` (``confusion_matrix.png``, ``plots/*.png``, the
-    decision boundary for two features only); return their paths by name."""
-    evaluation, history, proba = inputs.evaluation, inputs.history, inputs.proba
-    test, raw_test, raw_train = inputs.test, inputs.raw_test, inputs.raw_train
-    model, preprocessor = inputs.model, inputs.preprocessor
+    decision boundary for two features only); return their paths by name.
+
+    Each plot is drawn whatever happens to the others; if any failed, :class:`PlotsFailed`
+    says which (one line) once the rest are drawn.
+    """
     from pipeline.run import plots  # matplotlib (~0.3 s): in the plot process, not the run's
 
-    out = folder / "plots"
-    out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "confusion_png": Path(plots.plot_confusion_matrix(
-            evaluation.confusion.labels, evaluation.confusion.matrix,
-            folder / "confusion_matrix.png")),
-        "curves_png": Path(plots.plot_training_curves(history, out / "training_curves.png")),
-        "roc_png": Path(plots.plot_roc_curve(test.y, proba, test.classes, out / "roc_curve.png")),
-    }
-    shown = proba[:, 0] if proba.shape[1] == 1 else proba[np.arange(len(proba)), test.y]
-    files["scatter_png"] = Path(plots.plot_probability_vs_label(
-        shown, test.y, out / "probability_vs_label.png"))
-    if raw_test.n_features == 2:
-        X = np.vstack([raw_train.X, raw_test.X])
-        y = np.concatenate([raw_train.y, raw_test.y])
-        def predict(raw: np.ndarray) -> np.ndarray:
-            return model.predict_proba(preprocessor.transform(raw))
-
+    (folder / "plots").mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    failed: list[str] = []
+    for name, path, draw in _plot_steps(folder, inputs, plots):
         try:
-            boundary = plots.plot_decision_boundary(
-                predict, X, y, raw_test.feature_names, out / "decision_boundary.png")
-        except DataError:  # the margin left a transform's domain (log1p below -1)
-            boundary = plots.plot_decision_boundary(
-                predict, X, y, raw_test.feature_names, out / "decision_boundary.png",
-                margin=0.0)
-        files["boundary_png"] = Path(boundary)
+            files[name] = Path(draw(path))
+        except Exception as error:  # any plot's failure: reported below, in one line
+            failed.append(f"{path.relative_to(folder).as_posix()}: {type(error).__name__}: "
+                          f"{_first_line(error)}")
+    if failed:
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise PlotsFailed(f"drawing the plots: {failed[0]}{more}")
     return files
+
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _plot_steps(folder: Path, inputs: PlotInputs, plots: Any
+                ) -> list[tuple[str, Path, Callable[[Path], Any]]]:
+    """(name, file, draw(file)) for each plot of the run. The calibration curve's title gives
+    the evaluation's Brier score and calibration error."""
+    evaluation, history, proba, test = inputs.evaluation, inputs.history, inputs.proba, inputs.test
+    out = folder / "plots"
+    shown = proba[:, 0] if proba.shape[1] == 1 else proba[np.arange(len(proba)), test.y]
+    steps: list[tuple[str, Path, Callable[[Path], Any]]] = [
+        ("confusion_png", folder / "confusion_matrix.png", lambda path: plots.plot_confusion_matrix(
+            evaluation.confusion.labels, evaluation.confusion.matrix, path)),
+        ("curves_png", out / "training_curves.png",
+         lambda path: plots.plot_training_curves(history, path)),
+        ("roc_png", out / "roc_curve.png",
+         lambda path: plots.plot_roc_curve(test.y, proba, test.classes, path)),
+        ("pr_png", out / "precision_recall_curve.png",
+         lambda path: plots.plot_precision_recall_curve(test.y, proba, test.classes, path)),
+        ("calibration_png", out / "calibration_curve.png",
+         lambda path: plots.plot_calibration_curve(
+             test.y, proba, test.classes, path, brier=evaluation.metric("brier_score"),
+             ece=evaluation.metric("calibration_error"))),
+        ("scatter_png", out / "probability_vs_label.png",
+         lambda path: plots.plot_probability_vs_label(shown, test.y, path)),
+    ]
+    if inputs.raw_test.n_features == 2:
+        steps.append(("boundary_png", out / "decision_boundary.png",
+                      lambda path: _decision_boundary(inputs, plots, path)))
+    return steps
+
+
+def _decision_boundary(inputs: PlotInputs, plots: Any, path: Path) -> Path:
+    """The decision boundary over the raw features of both splits, through the run's
+    preprocessor."""
+    raw_train, raw_test = inputs.raw_train, inputs.raw_test
+    X = np.vstack([raw_train.X, raw_test.X])
+    y = np.concatenate([raw_train.y, raw_test.y])
+
+    def predict(raw: np.ndarray) -> np.ndarray:
+        return inputs.model.predict_proba(inputs.preprocessor.transform(raw))
+
+    try:
+        return plots.plot_decision_boundary(predict, X, y, raw_test.feature_names, path)
+    except DataError:  # the margin left a transform's domain (log1p below -1)
+        return plots.plot_decision_boundary(predict, X, y, raw_test.feature_names, path,
+                                            margin=0.0)

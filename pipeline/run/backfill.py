@@ -9,7 +9,9 @@ A lean sweep job (``sweep.child_record=lean``), and a run made with
 * the plots: redrawn from the run's own record (its stored ``config.yaml``, the same seeded
   and cached data steps, the final checkpoint and ``history.csv``) and logged at a full
   run's paths, once the redrawn test predictions are found equal to the run's
-  ``predictions.csv`` (the plots must describe that run, not a CSV changed since).
+  ``predictions.csv`` (the plots must describe that run, not a CSV changed since): its
+  ``probability`` column and, when it has them, every ``probability_<class>`` column (a
+  ``predictions.csv`` written before those columns existed is checked on the first alone).
 
 What a run has already is left as it is; either way the tag ``model_logged`` /
 ``plots_logged`` ends "true". The command is :mod:`pipeline.commands.complete`; a lean
@@ -48,7 +50,7 @@ from pipeline.tracking.model import model_uri
 from pipeline.tracking.record import DATA_DIGEST_TAG, MODEL_LOGGED_TAG, PLOTS_LOGGED_TAG
 from pipeline.tracking.runs import HistoryError, Runs, read_history
 from stages.dataset import DataError
-from stages.evaluate import evaluate
+from stages.evaluate import PROBABILITY_PREFIX, evaluate
 from stages.preprocess import Preprocessor
 from stages.transforms import StoredMetadataError
 
@@ -130,9 +132,11 @@ def _complete_plots(target: StoredRun, folder: Path, plugins: list[str]
                     ) -> tuple[list[str], bool]:
     """The run's plot artifacts, and whether they were drawn now."""
     found = target.plot_files()
-    tagged = target.tags.get(PLOTS_LOGGED_TAG) == "true"
-    if found and (tagged or "plots/training_curves.png" in found):
-        if not tagged:  # drawn by a run from before the tag
+    tag = target.tags.get(PLOTS_LOGGED_TAG)
+    # No tag: a run from before the tag, whose plots are those it drew. "false" with plots:
+    # some failed to draw (the run logged the others), so all are drawn again.
+    if found and (tag == "true" or (tag is None and "plots/training_curves.png" in found)):
+        if tag is None:
             target.mark(PLOTS_LOGGED_TAG)
         return found, False
     drawn = folder / "drawn"
@@ -186,15 +190,31 @@ def _history(target: StoredRun) -> dict[str, list[float]]:
     return {str(key): frame[key].tolist() for key in frame.columns[1:]}
 
 
-def _recorded_probabilities(target: StoredRun, folder: Path) -> np.ndarray:
+def _recorded_probabilities(target: StoredRun, folder: Path) -> pd.DataFrame:
+    """The probability columns of the run's ``predictions.csv`` as floats: ``probability``,
+    then the ``probability_<class>`` columns if it has them (older runs' have not)."""
     text = _text(target, PREDICTIONS, folder, "the redrawn predictions cannot be checked "
                  "against the run's, so no plots are drawn")
     try:
         frame = pd.read_csv(io.StringIO(text))
-        return frame["probability"].to_numpy(dtype=float)
+        columns = ["probability", *(c for c in frame.columns
+                                    if str(c).startswith(PROBABILITY_PREFIX))]
+        return frame[columns].astype(float)
     except (ValueError, KeyError, pd.errors.ParserError) as error:
         raise PipelineError(f"run {target.run_id}: its {PREDICTIONS} has no readable "
                             f"probability column ({_first_line(error)})") from None
+
+
+def _same_predictions(redrawn: pd.DataFrame, recorded: pd.DataFrame) -> bool:
+    """Whether ``recorded`` (:func:`_recorded_probabilities`) holds the redrawn probabilities:
+    the same columns (``probability`` alone for an older run's file) and values."""
+    columns = list(recorded.columns)
+    expected = [c for c in redrawn.columns if c == "probability"
+                or str(c).startswith(PROBABILITY_PREFIX)]
+    if columns not in (["probability"], expected):
+        return False
+    ours, theirs = redrawn[columns].to_numpy(dtype=float), recorded.to_numpy(dtype=float)
+    return ours.shape == theirs.shape and bool(np.allclose(ours, theirs, rtol=RTOL, atol=ATOL))
 
 
 def _first_line(error: BaseException) -> str:
@@ -262,9 +282,7 @@ def _redraw(target: StoredRun, folder: Path, out: Path, plugins: list[str]) -> N
         raise PipelineError(f"run {run_id}: its final checkpoint does not fit its data "
                             f"({_first_line(error)}); {changed}") from None
     evaluation = evaluate(proba, prepared.test.y, prepared.test.classes)
-    redrawn = evaluation.predictions["probability"].to_numpy(dtype=float)
-    if redrawn.shape != recorded.shape or not np.allclose(redrawn, recorded, rtol=RTOL,
-                                                          atol=ATOL):
+    if not _same_predictions(evaluation.predictions, recorded):
         raise PipelineError(f"run {run_id}: the redrawn test predictions differ from its "
                             f"{PREDICTIONS}: {changed}")
     write_plots(out, PlotInputs(

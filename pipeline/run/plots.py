@@ -1,4 +1,5 @@
-"""PNG plots of a run: training curves, probabilities, ROC, confusion matrix, decision boundary.
+"""PNG plots of a run: training curves, probabilities, ROC, precision-recall and calibration
+curves, confusion matrix, decision boundary.
 
 Each function draws one figure off-screen (Agg), writes it to ``path``, closes it and returns
 the path. Inputs are arrays and plain sequences; nothing here trains or tracks.
@@ -17,16 +18,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from pipeline.files import atomic_path
+from stages.evaluate import average_precision, precision_recall_curve, reliability
+
 PathLike = str | os.PathLike[str]
 
 
 def _save(fig: Figure, path: PathLike) -> Path:
-    """Write ``fig`` as PNG to ``path`` (parents created), always closing it."""
+    """Write ``fig`` as PNG to ``path`` (parents created; whole or not at all), always
+    closing it."""
     out = Path(path)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         fig.tight_layout()
-        fig.savefig(out, format="png", dpi=100)
+        with atomic_path(out, ".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
     return out
@@ -104,6 +109,73 @@ def plot_roc_curve(
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve")
     ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def _one_vs_rest(y: np.ndarray, P: np.ndarray, classes: Sequence[str]
+                 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(class name, is that class (n,), its scores (n,)): class 1 alone when P is (n, 1) or
+    (n, 2), every class otherwise."""
+    if P.shape[1] <= 2:
+        return [(str(classes[-1]), y == 1, P[:, -1])]
+    return [(str(name), y == c, P[:, c]) for c, name in enumerate(classes)]
+
+
+def _as_columns(proba: np.ndarray) -> np.ndarray:
+    P = np.asarray(proba, dtype=float)
+    return P.reshape(-1, 1) if P.ndim == 1 else P
+
+
+def plot_precision_recall_curve(
+    y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str], path: PathLike
+) -> Path:
+    """Precision against recall for proba (n, 1) P(class 1) or (n, k) against y_true (n,):
+    one curve when binary, one-vs-rest curves per class otherwise; average precision (the
+    evaluate stage's) in the legend, and each class's share of rows as its chance level."""
+    y = np.asarray(y_true).ravel()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, positive, scores in _one_vs_rest(y, _as_columns(proba), classes):
+        if positive.all() or not positive.any():
+            continue  # no curve without both positives and negatives
+        precision, recall = precision_recall_curve(positive, scores)
+        line, = ax.plot(recall, precision, drawstyle="steps-pre",
+                        label=f"class {name} (AP {average_precision(positive, scores):.3f})")
+        ax.axhline(positive.mean(), color=line.get_color(), linestyle=":", linewidth=1,
+                   label=f"chance, class {name} ({positive.mean():.3f})")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve",
+           xlim=(-0.02, 1.02), ylim=(-0.02, 1.05))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_calibration_curve(
+    y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str], path: PathLike, *,
+    brier: float, ece: float,
+) -> Path:
+    """Reliability diagram over ten equal-width bins, with the diagonal of a calibrated
+    model: binary, the share of class 1 against the mean P(class 1) in each bin; more
+    classes, the accuracy against the mean probability of the predicted (argmax) class.
+    The Brier score and the expected calibration error (the run's figures) in the title."""
+    y = np.asarray(y_true).ravel()
+    P = _as_columns(proba)
+    if P.shape[1] <= 2:
+        hits, scores = y == 1, P[:, -1]
+        xlabel, ylabel = f"mean P(class {classes[-1]})", f"share of class {classes[-1]}"
+    else:
+        pred = np.argmax(P, axis=1)
+        hits, scores = pred == y, P[np.arange(len(P)), pred]
+        xlabel, ylabel = "mean probability of the predicted class", "accuracy"
+    mean_score, hit_rate, counts = reliability(hits, scores)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    ax.plot(mean_score, hit_rate, marker="o", label="model")
+    for x, rate, count in zip(mean_score, hit_rate, counts, strict=True):
+        ax.annotate(str(count), (x, rate), textcoords="offset points", xytext=(4, -10),
+                    fontsize="x-small", color="grey")
+    ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+           title=f"Calibration curve (Brier {brier:.3f}, ECE {ece:.3f})")
+    ax.legend(loc="upper left", title="rows per bin in grey", title_fontsize="x-small")
     return _save(fig, path)
 
 
