@@ -5,6 +5,7 @@ sqlite store in a temp folder, read back with MlflowClient."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import math
@@ -178,11 +179,15 @@ class Sweep:
     experiment_id: str
 
 
+SEEDED = ["optimizer.lr=0.0003,0.03", "sweep.replicates=5", "seed=1"]  # seeds 1..5, SGD
+SEEDED_CONFIGS = {(seed, lr) for seed in range(1, 6) for lr in (0.0003, 0.03)}
+
+
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
-    """One sweep of 3 seeds x 2 learning rates."""
+    """One sweep of 2 learning rates x 5 seeds (the issue's: far apart at 300 epochs)."""
     tmp = tmp_path_factory.mktemp("seeded")
-    done = pipeline(*GRID, *quick("optimizer.lr"), *store_args(tmp))
+    done = pipeline(*SEEDED, *quick("optimizer", "optimizer.lr"), *store_args(tmp))
     assert done.returncode == 0, done.stderr[-3000:]
     found = parents(client_of(tmp))
     assert len(found) == 1
@@ -190,55 +195,211 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
                  found[0].info.experiment_id)
 
 
+def _truncated_t(values: np.ndarray, low: float = 0.0, high: float = 1.0) -> dict[str, float]:
+    """The statistics the summary reports, computed here from scratch."""
+    n = len(values)
+    mean, std = values.mean(), values.std(ddof=1)
+    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "ci95_low": max(low, mean - half),
+            "ci95_high": min(high, mean + half), "min": values.min(), "max": values.max()}
+
+
+def _within_range(names_values: dict[str, float]) -> list[str]:
+    """The entries whose value leaves its metric's range (see pipeline.tracking.stats)."""
+    from pipeline.tracking.stats import metric_range
+
+    out = []
+    for name, value in names_values.items():
+        low, high = metric_range(name)
+        if not (math.isnan(value) or low - 1e-12 <= value <= high + 1e-12):
+            out.append(f"{name}={value}")
+    return out
+
+
+def _rank_key(run) -> tuple:
+    """The order the sweep ranks runs in: val_accuracy (higher first), val_log_loss (lower
+    first), the job number."""
+    return (-run.data.metrics["val_accuracy"], run.data.metrics.get("val_log_loss", math.inf),
+            int(Path(run.data.tags["output_dir"]).name), run.info.run_id)
+
+
 def test_seed_statistics_on_the_parent(seeded: Sweep) -> None:
     client = client_of(seeded.tmp)
     parent = client.get_run(seeded.parent_id)
     assert parent.info.status == "FINISHED"
     kids = children(client, seeded.parent_id)
-    assert len(kids) == 6 and all(k.info.status == "FINISHED" for k in kids)
-    assert {config_of(k) for k in kids} == CONFIGS
+    assert len(kids) == 10 and all(k.info.status == "FINISHED" for k in kids)
+    assert {config_of(k) for k in kids} == SEEDED_CONFIGS
 
     path = client.download_artifacts(seeded.parent_id, "summary/groups.csv",
                                      str(seeded.tmp / "download"))
     groups = pd.read_csv(path)
     assert len(groups) == 2
-    assert list(groups["n"]) == [3, 3]
-    t = stats.t.ppf(0.975, 2)
+    assert list(groups["n"]) == [5, 5]
     means = {}
-    for lr in (0.003, 0.03):
+    for lr in (0.0003, 0.03):
         members = [k for k in kids if config_of(k)[1] == lr]
-        values = np.array([k.data.metrics["test_accuracy"] for k in members])
-        mean, std = values.mean(), values.std(ddof=1)
-        half = t * std / math.sqrt(3)
         row = groups[np.isclose(groups["optimizer.lr"].astype(float), lr)]
         assert len(row) == 1
         row = row.iloc[0]
         assert set(str(row["run_ids"]).split()) == {k.info.run_id for k in members}
-        expected = {"mean": mean, "std": std, "ci95_low": mean - half,
-                    "ci95_high": mean + half, "min": values.min(), "max": values.max()}
-        for stat, value in expected.items():
-            assert row[f"test_accuracy_{stat}"] == pytest.approx(value, rel=1e-9, abs=1e-12), stat
-        means[lr] = (mean, std, {k.info.run_id for k in members})
+        for metric in ("val_accuracy", "test_accuracy"):
+            values = np.array([k.data.metrics[metric] for k in members])
+            for stat, value in _truncated_t(values).items():
+                assert row[f"{metric}_{stat}"] == pytest.approx(value, rel=1e-9, abs=1e-12), (
+                    metric, stat)
+        scores = [k.data.metrics["val_accuracy"] for k in members]
+        means[lr] = (np.mean(scores), members)
+    # No interval leaves its metric's range ([0, 1] for scores, >= 0 for losses).
+    bounds = {c: float(groups[c].iloc[i]) for c in groups.columns
+              if c.endswith(("_ci95_low", "_ci95_high")) for i in range(len(groups))}
+    assert not _within_range({k.rsplit("_ci95_", 1)[0]: v for k, v in bounds.items()})
+    assert not _within_range({k.removeprefix("best_config_").rsplit("_ci95_", 1)[0]: v
+                              for k, v in parent.data.metrics.items() if "_ci95_" in k})
 
-    best_lr = min(means, key=lambda lr: (-means[lr][0], means[lr][1]))
-    tags = parent.data.tags
+    best_lr = max(means, key=lambda lr: means[lr][0])
+    best_run = min(means[best_lr][1], key=_rank_key)
+    tags, metrics = parent.data.tags, parent.data.metrics
     assert tags["sweep"] == "parent"
-    assert tags["best_by"] == "mean over 3 seeds"
+    assert tags["best_by"] == "mean over 5 seeds"
     assert float(tags["best.optimizer.lr"]) == best_lr
-    assert parent.data.metrics["best_test_accuracy"] == pytest.approx(means[best_lr][0],
-                                                                      rel=1e-12)
-    assert tags["best_run_id"] in means[best_lr][2]
+    assert metrics["best_config_val_accuracy_mean"] == pytest.approx(means[best_lr][0],
+                                                                     rel=1e-12)
+    assert tags["best_run_id"] == best_run.info.run_id
+    # The best run's figures under names that say so; the counts once, as tags.
+    for name in ("val_accuracy", "test_accuracy", "test_log_loss"):
+        assert metrics[f"best_run_{name}"] == best_run.data.metrics[name]
+    assert not {"n_children", "n_failed"} & set(metrics)
+    assert not [k for k in metrics if k.startswith("best_time_")]
+    assert (tags["n_children"], tags["n_failed"]) == ("10", "0")
+    # The parent's params: what the sweep varied and fixed, and what it selected on.
+    params = parent.data.params
+    assert params["optimizer.lr"] == "0.0003,0.03" and params["seed"] == "range(1,6)"
+    assert params["sweep.metric"] == "val_accuracy"
+    assert params["sweep.tie_metric"] == "val_log_loss"
+    assert "optimizer.lr" in params["swept"]
 
     summary = {Path(a.path).name for a in client.list_artifacts(seeded.parent_id, "summary")}
-    assert {"groups.csv", "groups.md", "groups.html",
-            "test_accuracy_vs_optimizer.lr.png"} <= summary
+    assert {"groups.csv", "groups.md", "groups.html", "comparisons.csv", "summary.md",
+            "summary.html", "test_accuracy_vs_optimizer.lr.png",
+            "val_accuracy_vs_optimizer.lr.png"} <= summary
+    report = Path(client.download_artifacts(seeded.parent_id, "summary/summary.md",
+                                            str(seeded.tmp / "download"))).read_text()
+    assert "mean ± std" in report and "95% CI" in report and "truncated" in report
+    assert "Final estimate (test split, not used for selection): test_accuracy" in report
     experiment = client.get_experiment(seeded.experiment_id)
     assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
 
 
+def test_learning_rates_far_apart_are_distinguishable_paired_by_seed(seeded: Sweep) -> None:
+    """The same 5 seeds under both learning rates: the best against the runner-up seed by
+    seed, with a paired t-test and a Wilcoxon test (one comparison: Holm changes nothing)."""
+    client = client_of(seeded.tmp)
+    parent = client.get_run(seeded.parent_id)
+    kids = children(client, seeded.parent_id)
+    by = {config_of(k): k.data.metrics["val_accuracy"] for k in kids}
+    best_lr = float(parent.data.tags["best.optimizer.lr"])
+    other_lr = ({0.0003, 0.03} - {best_lr}).pop()
+    best = np.array([by[(seed, best_lr)] for seed in range(1, 6)])
+    other = np.array([by[(seed, other_lr)] for seed in range(1, 6)])
+    metrics = parent.data.metrics
+    assert metrics["runner_up_diff_mean"] == pytest.approx((best - other).mean(), abs=1e-12)
+    assert metrics["runner_up_t_p"] == pytest.approx(stats.ttest_rel(best, other).pvalue,
+                                                     rel=1e-6)
+    assert metrics["runner_up_wilcoxon_p"] == pytest.approx(
+        stats.wilcoxon(best - other).pvalue, rel=1e-6)
+    assert metrics["runner_up_t_p_holm"] == metrics["runner_up_t_p"]
+    assert parent.data.tags["runner_up_distinguishable"] == "true"
+    (line,) = [x for x in seeded.stdout.splitlines() if x.startswith("Best vs runner-up")]
+    assert f"(optimizer.lr={other_lr})" in line and ": distinguishable;" in line
+    assert "paired over 5 seeds" in line and "nan" not in line.lower()
+    assert line == parent.data.tags["runner_up_comparison"]
+
+
+@pytest.fixture(scope="module")
+def no_difference(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+    """Two values of a key that changes no result, over 5 seeds."""
+    tmp = tmp_path_factory.mktemp("nodiff")
+    done = pipeline("train.checkpoint_every=100,150", "sweep.replicates=5", "train.epochs=20",
+                    "data.n_samples=300", *quick("train.checkpoint_every", "train.epochs"),
+                    *store_args(tmp))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (parent,) = parents(client_of(tmp))
+    return Sweep(tmp, uri_of(tmp), done.stdout + done.stderr, parent.info.run_id,
+                 parent.info.experiment_id)
+
+
+def test_a_key_that_changes_nothing_gives_a_difference_of_exactly_zero(
+        no_difference: Sweep) -> None:
+    """Swept by the user, train.checkpoint_every tells two configurations apart (none of the
+    runs is an "earlier attempt" of another); their results are equal seed by seed: the
+    difference is exactly 0, p = 1, not distinguishable, no seed count, no NaN, no warning."""
+    out = no_difference.stdout
+    (line,) = [x for x in out.splitlines() if x.startswith("Best vs runner-up")]
+    assert "(train.checkpoint_every=150)" in line
+    assert "difference +0.0000" in line and "[+0.0000, +0.0000]" in line
+    assert "paired t p=1, Wilcoxon p=1" in line and ": not distinguishable;" in line
+    assert line.endswith("seeds for 80% power: n/a (no difference)")
+    assert "nan" not in line.lower()
+    assert "Warning" not in out.replace("ConvergenceWarning", "")
+    assert "superseded" not in out
+    client = client_of(no_difference.tmp)
+    parent = client.get_run(no_difference.parent_id)
+    tags, metrics = parent.data.tags, parent.data.metrics
+    assert tags["n_children"] == "10" and "n_superseded" not in tags
+    assert tags["best.train.checkpoint_every"] == "100"  # a tie: the first job's
+    assert tags["runner_up_distinguishable"] == "false"
+    assert metrics["runner_up_diff_mean"] == 0.0
+    assert metrics["runner_up_diff_ci95_low"] == metrics["runner_up_diff_ci95_high"] == 0.0
+    assert metrics["runner_up_t_p"] == metrics["runner_up_wilcoxon_p"] == 1.0
+    assert "runner_up_seeds_for_80pct_power" not in metrics
+    path = client.download_artifacts(no_difference.parent_id, "summary/comparisons.csv",
+                                     str(no_difference.tmp / "download"))
+    table = pd.read_csv(path)
+    assert list(table["n_pairs"]) == [5] and not table["distinguishable"].any()
+
+
+def test_optuna_reports_the_best_run_of_the_summary_on_a_tie(tmp_path: Path) -> None:
+    """Trials that tie on val_accuracy (1.0 on the easy task): Optuna's printed best, its
+    optimization_results.yaml, the parent's best_run_id and the leaderboard all name the
+    run with the lowest val_log_loss, not the first trial to reach 1.0."""
+    import yaml
+
+    done = pipeline("hparams_search=mlp_optuna", "hydra.sweeper.n_trials=4", "train.epochs=300",
+                    "data.n_samples=400", "train.progress=false", "tracking.plots=false",
+                    "tracking.log_model=false", *store_args(tmp_path), multirun=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = client_of(tmp_path)
+    (parent,) = parents(client)
+    kids = children(client, parent.info.run_id)
+    assert len(kids) == 4
+    top = max(k.data.metrics["val_accuracy"] for k in kids)
+    tied = sorted((k for k in kids if k.data.metrics["val_accuracy"] == top),
+                  key=lambda k: int(Path(k.data.tags["output_dir"]).name))
+    expected = min(kids, key=_rank_key)
+    assert len(tied) > 1 and tied[0].info.run_id != expected.info.run_id, (
+        "no tie that the tie metric decides: the test cannot tell the rankings apart")
+    assert parent.data.tags["best_run_id"] == expected.info.run_id
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    printed = re.search(r"Best parameters: (\{.*\})", done.stdout + done.stderr)
+    assert printed is not None
+    for params in (results["best_params"], ast.literal_eval(printed.group(1))):
+        assert float(params["optimizer.lr"]) == float(expected.data.params["optimizer.lr"])
+        assert str(params["model.hidden_sizes"]).replace(" ", "") == (
+            expected.data.params["model.hidden_sizes"].replace(" ", ""))
+        assert str(params["train.batch_size"]) == expected.data.params["train.batch_size"]
+    assert results["best_value"] == expected.data.metrics["val_accuracy"]
+    board = _section(done.stdout, "Top 4 by val_accuracy")
+    assert expected.info.run_name in board[2]
+
+
 def test_leaderboard_and_links_are_printed(seeded: Sweep) -> None:
     out = seeded.stdout
-    assert "Top 2 by test_accuracy (mean over 3 seeds)" in out
+    assert ("Top 2 by val_accuracy (mean over 5 seeds; ties: val_log_loss, then the job "
+            "number):") in out
+    assert "val_accuracy mean ± std" in out and "95% CI" in out
+    assert re.search(r"^Final estimate \(test split, not used for selection\): test_accuracy "
+                     r"\d\.\d{4} ± \d\.\d{4} \(mean ± std over 5 seeds\), 95% CI \[", out, re.M)
     parent_line = (f"Parent:  {UI}/#/experiments/{seeded.experiment_id}/runs/"
                    f"{seeded.parent_id}?{TRAINING_VIEW}")
     assert parent_line in out.splitlines()
@@ -249,7 +410,7 @@ def test_leaderboard_and_links_are_printed(seeded: Sweep) -> None:
     query = parse_qs(link.split("#/compare-runs?", 1)[1])
     runs = json.loads(query["runs"][0])
     kids = {k.info.run_id for k in children(client_of(seeded.tmp), seeded.parent_id)}
-    assert len(runs) == 6 and set(runs) == kids
+    assert len(runs) == 10 and set(runs) == kids
     assert json.loads(query["experiments"][0]) == [seeded.experiment_id]
 
 
@@ -262,7 +423,7 @@ def _section(out: str, title: str) -> list[str]:
 
 def test_compare_two_seeds_of_one_configuration(seeded: Sweep) -> None:
     kids = children(client_of(seeded.tmp), seeded.parent_id)
-    pair = sorted((k for k in kids if config_of(k)[1] == 0.003), key=config_of)[:2]
+    pair = sorted((k for k in kids if config_of(k)[1] == 0.0003), key=config_of)[:2]
     assert [config_of(k)[0] for k in pair] == [1, 2]
     ids = [k.info.run_id for k in pair]
     command = [sys.executable, "-m", "pipeline.commands.compare", *ids, "--uri", seeded.uri]
@@ -302,7 +463,7 @@ def test_replicates_run_every_configuration_with_n_seeds(tmp_path: Path) -> None
     assert sorted(config_of(k) for k in kids) == [(5, 0.003), (5, 0.03), (6, 0.003),
                                                   (6, 0.03)]
     assert parent.data.tags["best_by"] == "mean over 2 seeds"
-    assert "Top 2 by test_accuracy (mean over 2 seeds)" in done.stdout
+    assert "Top 2 by val_accuracy (mean over 2 seeds" in done.stdout
 
 
 def test_replicates_errors_are_one_line(tmp_path: Path) -> None:
@@ -411,6 +572,23 @@ def test_max_failures_stops_starting_jobs(tmp_path: Path) -> None:
     assert "sweep.max_failures=2 reached: 3 job(s) not started" in parent.data.tags["error"]
     assert len(list((tmp_path / "sweep").rglob("not_started.txt"))) == 3
     assert "3 not started (sweep.max_failures)" in done.stdout
+
+
+@pytest.mark.parametrize("sweep", [
+    ["experiment=rustnet_csv", "optimizer.lr=0.1,0.2"],  # the preset: no validation rows
+    ["experiment=rustnet_rf,rustnet_csv"],  # a swept group, composed per option
+    ["split.val_fraction=0.2,0", "optimizer.lr=0.1"],  # a swept value
+])
+def test_selecting_on_validation_without_validation_data_fails_before_any_job(
+        tmp_path: Path, sweep: list[str]) -> None:
+    done = pipeline(*sweep, *quick("optimizer.lr"), *store_args(tmp_path))
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert line.startswith("sweep.metric=val_accuracy: ") and "no validation data" in line
+    assert "split.val_fraction=0.2 or split.folds=5" in line
+    assert "sweep.metric=test_accuracy" in line
+    assert all_runs(client_of(tmp_path)) == []  # no parent run either
+    assert not (tmp_path / "sweep" / "0").exists()
 
 
 def test_resume_of_an_unknown_run_is_one_line(tmp_path: Path) -> None:

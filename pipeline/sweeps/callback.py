@@ -56,6 +56,7 @@ from pipeline.errors import PipelineError, Terminated
 from pipeline.interrupts import signals_held
 from pipeline.sweeps.composition import check_jobs_cheaply, compose_by_shape
 from pipeline.sweeps.job import NOT_STARTED, job_environment, stop_with_launcher
+from pipeline.sweeps.selection import check_selection
 from pipeline.tracking import record as names
 
 if TYPE_CHECKING:
@@ -100,13 +101,17 @@ class SweepCallback(Callback):
         _require_writable("hydra.sweep.dir", Path(str(config.hydra.sweep.dir)))
         tracking = config.get("tracking", {})
         offline = tracking.get("mode", "online") == "offline"
+        search_space = _search_space(config)
         try:  # Hydra would only warn about an error here, and run the jobs parentless
             sweep = validate_sweep(config.get("sweep"))
             past = _plan_jobs(config, sweep, offline)
             sweep = validate_sweep(config.get("sweep"))  # a resumed sweep's metric
+            biased = check_selection(config, sweep, search_space)
         except PipelineError as error:
             print(error, file=sys.stderr)
             raise SystemExit(1) from None
+        if biased:
+            log.warning("%s", biased)
         # Parallel workers import MLflow while this process creates the parent run.
         _start_joblib_workers(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -127,7 +132,8 @@ class SweepCallback(Callback):
                           names.SWEEP_OVERRIDES_TAG: json.dumps(overrides)[:8000],
                           names.SWEEPER_TAG: _sweeper(config)},
                     metric=sweep.metric, direction=sweep.direction, sweep_dir=sweep_dir,
-                    offline=offline, resume=past,
+                    offline=offline, resume=past, tie_metric=sweep.tie_metric,
+                    search_space=search_space,
                 )
         except PipelineError as error:
             print(error, file=sys.stderr)
@@ -141,7 +147,7 @@ class SweepCallback(Callback):
                               if sweep.child_record == "lean" else None)
         env = job_environment(parent_run_id=_open.run_id, parent_journal_id=_open.journal_id,
                               threads=_threads_per_job(config), launcher_pid=os.getpid(),
-                              started=started)
+                              started=started, identity=_open.identity)
         hydra_overrides = config.hydra.overrides.hydra
         with open_dict(config):
             for key, value in env.items():
@@ -171,6 +177,15 @@ class SweepCallback(Callback):
 
 def _sweeper(config: DictConfig) -> str:
     return str(config.hydra.get("sweeper", {}).get("_target_", ""))
+
+
+def _search_space(config: DictConfig) -> dict[str, str]:
+    """The sweeper's ``hydra.sweeper.params`` (Optuna's search space; the basic sweeper
+    takes them as overrides too), key -> expression."""
+    params = config.hydra.get("sweeper", {}).get("params")
+    if not isinstance(params, DictConfig):
+        return {}
+    return {str(k): str(v) for k, v in params.items()}
 
 
 def _defining(overrides: list[str]) -> list[str]:
@@ -397,6 +412,11 @@ def sweep_is_open() -> bool:
     return _open is not None
 
 
+def open_sweep() -> SweepParent | None:
+    """The parent of the sweep this process runs (None outside a sweep)."""
+    return _open
+
+
 def wait_for_workers() -> None:
     """Let the joblib workers started by :func:`_start_joblib_workers` finish starting
     (a head start only: never hold the sweep for long), then import what the summary
@@ -564,10 +584,13 @@ def _print_leaderboard(parent: SweepParent, summary: Any, not_started: int,
     print(line, flush=True)
     board = summary.leaderboard
     if not board.empty:
-        print(f"Top {len(board)} by {parent.metric} ({summary.best_by}):")
+        print(f"Top {len(board)} by {summary.ranked_by}:")
         board = board.copy()
         board.index = range(1, len(board) + 1)
         print(board.to_string(), flush=True)
+    for line in (summary.final_estimate, summary.comparison):
+        if line:
+            print(line, flush=True)
     if parent.url:
         print(f"Parent:  {parent.url}")
     best = parent.url_of(summary.best_run_id)

@@ -17,12 +17,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config.digest import config_digest
 from pipeline.config.schema import Config
+from pipeline.files import write_text_atomic
 from pipeline.run.context import SweepJob
 
 log = logging.getLogger("pipeline.sweep")
@@ -33,7 +34,10 @@ JOURNAL_ENV = "PIPELINE_SWEEP_PARENT_JOURNAL_ID"
 THREADS_ENV = "PIPELINE_DEFAULT_THREADS"
 LAUNCHER_PID_ENV = "PIPELINE_SWEEP_LAUNCHER_PID"
 STARTED_ENV = "PIPELINE_SWEEP_STARTED_MS"  # when this sweep (or this resume of it) began
+# The swept keys that tell jobs apart besides their config digest (comma-separated).
+IDENTITY_ENV = "PIPELINE_SWEEP_IDENTITY"
 NOT_STARTED = "not_started.txt"  # in a job's folder: sweep.max_failures stopped it
+KEPT = "kept.txt"  # in a job's folder: the run a resumed sweep kept for it (its id)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class JobContext:
     run: SweepJob  # what the run is told
     launcher_pid: int | None
     started: str  # when the sweep began (ms since the epoch), as handed down
+    identity: tuple[str, ...] = ()  # swept keys that the config digest leaves out
 
     @property
     def parent_run_id(self) -> str | None:
@@ -50,12 +55,13 @@ class JobContext:
 
 
 def job_environment(*, parent_run_id: str | None, parent_journal_id: str, threads: int,
-                    launcher_pid: int, started: str) -> dict[str, str]:
+                    launcher_pid: int, started: str, identity: Sequence[str] = ()
+                    ) -> dict[str, str]:
     """What the launching process hands every job, as environment variables (read back by
     :func:`job_context`)."""
     return {PARENT_ENV: parent_run_id or "", JOURNAL_ENV: parent_journal_id,
             THREADS_ENV: str(threads), LAUNCHER_PID_ENV: str(launcher_pid),
-            STARTED_ENV: started}
+            STARTED_ENV: started, IDENTITY_ENV: ",".join(identity)}
 
 
 def job_context(environ: Mapping[str, str] = os.environ) -> JobContext | None:
@@ -73,6 +79,7 @@ def job_context(environ: Mapping[str, str] = os.environ) -> JobContext | None:
                      worker=bool(launcher) and launcher != str(os.getpid())),
         launcher_pid=int(launcher) if launcher else None,
         started=environ.get(STARTED_ENV) or "0",
+        identity=tuple(k for k in (environ.get(IDENTITY_ENV) or "").split(",") if k),
     )
 
 
@@ -113,14 +120,32 @@ def job_gate(config: Config, output_dir: Path, job: JobContext | None) -> Skip |
             mark.write_text(f"{job.started}\n{message}\n")  # the sweep counts its own marks
             return Skip(message)
     if sweep.resume is not None:
-        found = finished_child(uri, parent, config_digest(config))
+        found = finished_child(uri, parent, config_digest(config),
+                               params=_identity(config, job.identity))
         if found is not None:
             run_id, metrics = found
+            output_dir.mkdir(parents=True, exist_ok=True)
+            # What the sweeper's best trial is matched by (pipeline.sweeps.tuning).
+            write_text_atomic(output_dir / KEPT, f"{run_id}\n")
             return Skip(f"kept: this configuration finished before as run {run_id}",
                         metrics.get(sweep.metric))
     return None
 
 
+def _identity(config: Config, keys: Sequence[str]) -> dict[str, str]:
+    """This job's values of the swept ``keys`` the config digest leaves out, as its run
+    records them (params are text)."""
+    values = {}
+    for key in keys:
+        node: object = config
+        for part in key.split("."):
+            node = getattr(node, part, _MISSING)
+        if node is not _MISSING:
+            values[key] = str(node)
+    return values
+
+
+_MISSING = object()
 _watching = False
 
 

@@ -45,7 +45,18 @@ from pipeline.tracking.store import (
     open_store,
     store_uri,
 )
-from pipeline.tracking.summary import Counts, Summary, summarise
+from pipeline.tracking.summary import (
+    SEARCH_SPACE_TAG,
+    TIE_METRIC_TAG,
+    Counts,
+    Summary,
+    best_run,
+    identity_keys,
+    log_new_params,
+    summarise,
+    sweep_params,
+    swept_keys,
+)
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -131,10 +142,12 @@ def _alive(tags: Mapping[str, str]) -> bool:
     return beat is not None and time.time() - float(beat) < names.LIVE_WITHIN_S
 
 
-def finished_child(uri: str | None, parent_id: str, digest: str, *, wait_s: float = 60.0
+def finished_child(uri: str | None, parent_id: str, digest: str, *, wait_s: float = 60.0,
+                   params: Mapping[str, str] | None = None
                    ) -> tuple[str, dict[str, float]] | None:
-    """A FINISHED child of ``parent_id`` with configuration digest ``digest``: its id and
-    final metrics (None if there is none).
+    """A FINISHED child of ``parent_id`` with configuration digest ``digest`` (and these
+    ``params``: the swept keys the digest leaves out): its id and final metrics (None if
+    there is none).
 
     An attempt at the same configuration that is still alive (a worker of the sweep that
     died, finishing its job) is waited for, up to ``wait_s``, so that a resumed sweep does
@@ -148,6 +161,8 @@ def finished_child(uri: str | None, parent_id: str, digest: str, *, wait_s: floa
             [experiment], filter_string=(f"tags.`{names.PARENT_TAG}` = '{parent_id}' and "
                                          f"tags.{names.CONFIG_DIGEST_TAG} = '{digest}'"),
             order_by=["attributes.start_time DESC"], max_results=100))
+        runs = [r for r in runs if all(r.data.params.get(k) == v
+                                       for k, v in (params or {}).items())]
         done = [r for r in runs if r.info.status == "FINISHED"]
         if done:
             return done[0].info.run_id, dict(done[0].data.metrics)
@@ -189,15 +204,25 @@ class SweepParent:
 
     def __init__(self, *, uri: str | None, experiment: str, name: str, tags: Mapping[str, str],
                  metric: str, direction: str, sweep_dir: Path, offline: bool,
-                 resume: PastSweep | None = None) -> None:
+                 resume: PastSweep | None = None, tie_metric: str | None = None,
+                 search_space: Mapping[str, str] | None = None) -> None:
         self.metric, self.direction, self.sweep_dir = metric, direction, sweep_dir
+        self.tie_metric = tie_metric
         self.journal_id = new_journal_id()
+        self.tags: dict[str, str] = {}
         self.store: Store | None = None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         all_tags = {**{str(k): str(v) for k, v in tags.items()}, names.SWEEP_TAG: "parent",
                     names.JOURNAL_ID_TAG: self.journal_id,
                     names.JOURNAL_TAG: str(sweep_dir / JOURNAL_NAME)}
+        # What the sweep ranks by and what it searches: read back by its summary (here, or
+        # from the journal by a sync).
+        if tie_metric:
+            all_tags[TIE_METRIC_TAG] = tie_metric
+        if search_space:
+            all_tags[SEARCH_SPACE_TAG] = json.dumps(dict(search_space))[:8000]
+        self.tags = all_tags
         start_ms = now_ms()
         if not offline:
             self.store = store = open_store(uri)
@@ -211,17 +236,29 @@ class SweepParent:
                 run = store.call("create the sweep's parent run", lambda: store.client.create_run(
                     exp_id, run_name=name, start_time=start_ms, tags=created))
                 self.run_id = run.info.run_id
+            # Its row in the runs table shows what the sweep varies and keeps fixed.
+            log_new_params(store, self.run_id, sweep_params(all_tags, self._settings()),
+                           store.client.get_run(self.run_id).data.params
+                           if resume is not None else {})
         self.journal = JournalWriter(sweep_dir / JOURNAL_NAME, {
             "journal_id": self.journal_id, "uri": self.store.uri if self.store else store_uri(uri),
             "experiment": experiment, "run_id": self.run_id, "run_name": name,
             "parent_run_id": None, "parent_journal_id": None, "time_ms": start_ms,
-            "tags": all_tags, "sweep": {"metric": metric, "direction": direction},
+            "tags": all_tags, "sweep": {"metric": metric, "direction": direction,
+                                        "tie_metric": tie_metric},
         })
         # Held until the sweep ends or its process dies: a resume (or sync) of a sweep that
         # still runs sees it and refuses.
         self._alive = hold_while_alive(self.journal.path)
         self._heartbeat = Heartbeat(self.store, self.run_id) if self.store and self.run_id else None
         self.status = "RUNNING"
+
+    def _settings(self) -> dict[str, str]:
+        """The sweep's own settings, as the parent's params."""
+        settings = {"sweep.metric": self.metric, "sweep.direction": self.direction}
+        if self.tie_metric:
+            settings["sweep.tie_metric"] = self.tie_metric
+        return settings
 
     def _take_over(self, past: PastSweep, tags: Mapping[str, str]) -> None:
         """Make a past sweep's parent this sweep's: RUNNING again, with this journal and a
@@ -276,6 +313,19 @@ class SweepParent:
             return None
         return run_url(self.store.uri, self.experiment_id, run_id)
 
+    @property
+    def identity(self) -> list[str]:
+        """The swept keys that tell its jobs apart besides their config digest."""
+        return identity_keys(swept_keys(self.tags))
+
+    def best_run(self) -> tuple[str, str] | None:
+        """The run the summary would pick now, as (run id, output folder); None offline
+        or before any run finished."""
+        if self.store is None or self.run_id is None or self.experiment_id is None:
+            return None
+        return best_run(self.store, self.experiment_id, self.run_id, self.metric,
+                        self.direction, self.tie_metric)
+
     def compare_url(self, run_ids: list[str]) -> str | None:
         """The UI's comparison of the first :data:`COMPARE_AT_MOST` of ``run_ids``."""
         if self.store is None or self.experiment_id is None or not run_ids:
@@ -299,7 +349,8 @@ class SweepParent:
         if self.store is not None and self.run_id is not None and self.experiment_id:
             try:
                 summary = summarise(self.store, self.experiment_id, self.run_id, self.metric,
-                                    self.direction, plots=not interrupted, on_best=on_best)
+                                    self.direction, tie_metric=self.tie_metric,
+                                    plots=not interrupted, on_best=on_best)
             except StoreError as problem:
                 error = f"summary failed: {problem}; {sync_command(self.journal.path)} writes it"
                 log.warning("%s", error)
