@@ -341,6 +341,7 @@ def _arrow_batches(
         source = pa.OSFile(os.fspath(path))  # a plain file: no guessing of compression
     except (pa.ArrowException, OSError) as err:
         raise _ArrowGaveUp(str(err)) from err
+    reader: pacsv.CSVStreamingReader | None = None
     try:
         reader = pacsv.open_csv(
             source,
@@ -364,6 +365,11 @@ def _arrow_batches(
     except (pa.ArrowException, ValueError) as err:
         raise _ArrowGaveUp(str(err)) from err
     finally:
+        # Closed now, not when the interpreter tears Arrow down: a reader's read-ahead
+        # thread still alive then aborts the process ("terminate called without an active
+        # exception", apache/arrow#34314) after its work is done.
+        if reader is not None:
+            reader.close()
         source.close()
 
 
