@@ -266,9 +266,9 @@ def test_ctrl_c_with_thousands_of_checkpoints_to_send_ends_killed_in_seconds(
         tmp_path: Path, server: MlflowServer) -> None:
     """Ctrl-C on a run against a server with thousands of checkpoints still to upload: the
     store reads KILLED within seconds, the process exits 130 within a few seconds and says
-    what is left for make sync; sync then sends the rest. Repeated."""
+    what is left for make sync; sync then sends the rest."""
     client = MlflowClient(server.url)
-    for attempt in range(2):
+    for attempt in range(1):  # repeated by hand under load; once in the suite (CI time)
         out = tmp_path / f"out{attempt}"
         args = pipeline(tmp_path, *QUIET, f"tracking.uri={server.url}", "train.epochs=3000000",
                         "train.checkpoint_every=10", f"hydra.run.dir={out}")
