@@ -210,6 +210,16 @@ def _raise_on_signals() -> None:
     quiet_dropped_interrupts()
 
 
+def _stopped(stop: KeyboardInterrupt) -> int:
+    """Print the interrupt's last line; the exit code (130 for Ctrl-C, 143 for SIGTERM)."""
+    # The process is on its way out, and every step left is bounded: a second signal
+    # would only cut the sweep's summary short or print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(f"\n{_interrupt_line(stop, sweep_is_open())}", file=sys.stderr)
+    return 143 if isinstance(stop, Terminated) else 130
+
+
 def _interrupt_line(stop: KeyboardInterrupt, sweep: bool) -> str:
     """The last line after Ctrl-C or SIGTERM, true to what was recorded: the note the run
     left on the interrupt (where its record is), the sweep's, or that nothing had started."""
@@ -261,12 +271,7 @@ def cli() -> None:
     try:
         main()
     except KeyboardInterrupt as stop:
-        code = 143 if isinstance(stop, Terminated) else 130
-        # The process is on its way out, and every step left is bounded: a second signal
-        # would only cut the sweep's summary short or print a traceback.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print(f"\n{_interrupt_line(stop, sweep_is_open())}", file=sys.stderr)
+        code = _stopped(stop)
     except SystemExit as done:  # a user error (one line printed), or a failed sweep job
         code = done.code if isinstance(done.code, int) else 1
     except HydraException as error:  # Hydra could not compose the config: the user's to fix
@@ -280,9 +285,14 @@ def cli() -> None:
             raise
         code = 1  # Hydra's config search, given a key longer than a file name
         print(_too_long_line(error), file=sys.stderr)
-    except BaseException:  # a bug: its traceback, after the sweep's parent is closed
-        code = 1
-        raise
+    except BaseException:
+        stopped = stop_signal()
+        if stopped is None or tracebacks:  # a bug: its traceback, after the sweep is closed
+            code = 1
+            raise
+        # Ctrl-C cut a library short mid-step (Hydra building a job's config, say) and what
+        # failed next is its consequence, not a bug: the interrupt's one line.
+        code = _stopped(stopped)
     finally:
         stopped = stop_signal()
         if stopped is not None and code == 0:  # Ctrl-C that only a garbage collection saw

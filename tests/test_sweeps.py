@@ -319,3 +319,34 @@ def test_a_stop_python_drops_in_a_finaliser_prints_no_traceback() -> None:
     assert done.stdout.strip() == "still running", done.stderr
     assert done.stderr.count("Exception ignored") == 2, done.stderr
     assert "ValueError: unrelated" in done.stderr
+
+
+@pytest.mark.parametrize("full_error", ["0", "1"])
+def test_an_error_that_follows_a_ctrl_c_ends_as_the_interrupt(full_error: str) -> None:
+    """Ctrl-C can cut Hydra or OmegaConf short mid-step (seen once: an omegaconf assertion
+    in the sweep's launching process right after Ctrl-C); what fails next is its
+    consequence: exit 130 and the interrupt's one line, not a traceback. Without a Ctrl-C,
+    or with HYDRA_FULL_ERROR=1, an error is still a bug's traceback."""
+    code = (
+        "import sys\n"
+        "import pipeline.__main__ as app\n"
+        "from pipeline.sweeps.callback import remember_stop\n"
+        "def main():\n"
+        "    if sys.argv[1] == 'stopped':\n"
+        "        remember_stop(KeyboardInterrupt())\n"
+        "    raise AssertionError('a library left half-way')\n"
+        "app.main = main\n"
+        "app.cli()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "HYDRA_FULL_ERROR": full_error}
+    stopped, bug = (subprocess.run([sys.executable, "-c", code, how], cwd=PROJECT_ROOT,
+                                   env=env, capture_output=True, text=True, timeout=120)
+                    for how in ("stopped", "bug"))
+    assert bug.returncode == 1 and "AssertionError: a library left half-way" in bug.stderr
+    if full_error == "1":  # the user asked for tracebacks
+        assert stopped.returncode == 1 and "Traceback" in stopped.stderr
+        return
+    assert stopped.returncode == 130, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.strip().splitlines() == [
+        "interrupted before any run started; nothing was recorded"], stopped.stderr
