@@ -43,6 +43,7 @@ def test_binary_matches_sklearn(seed: int, ties: bool) -> None:
     assert m["test_log_loss"] == pytest.approx(skm.log_loss(y, p, labels=[0, 1]))
     assert m["test_mse"] == pytest.approx(skm.mean_squared_error(y, p))
     assert result.confusion.matrix == skm.confusion_matrix(y, pred, labels=[0, 1]).tolist()
+    _check_against_sklearn(result, np.column_stack([1 - p, p]), y, pred, ["0", "1"])
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -192,21 +193,6 @@ def _check_against_sklearn(result, P: np.ndarray, y: np.ndarray, pred: np.ndarra
                 skm.average_precision_score(y, P, average="macro"))
         assert m["test_brier_score"] == pytest.approx(
             skm.brier_score_loss(y, P, labels=list(range(k))))
-
-
-@pytest.mark.parametrize("seed", range(8))
-@pytest.mark.parametrize("ties", [False, True])
-def test_binary_mlflow_figures_match_sklearn(seed: int, ties: bool) -> None:
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(5, 60))
-    y = rng.integers(0, 2, n)
-    y[:2] = [0, 1]
-    p = rng.uniform(0.01, 0.99, n)
-    if ties:
-        p = np.clip(np.round(p, 1), 0.1, 0.9)
-    P = np.column_stack([1 - p, p])
-    result = evaluate(p[:, None], y, ["0", "1"])
-    _check_against_sklearn(result, P, y, (p > 0.5).astype(int), ["0", "1"])
 
 
 @pytest.mark.parametrize("seed", range(8))
