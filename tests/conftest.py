@@ -14,6 +14,16 @@ from omegaconf import DictConfig
 from pipeline.config.paths import CONF_DIR, PROJECT_ROOT
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# A developer's `export MLFLOW_TRACKING_URI=...` names the store of every run that does not
+# name one: the tests' runs (and the commands they start) must not write there.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_from_earlier_tests() -> None:
+    """mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI (for subprocesses): a store an
+    earlier test opened in this process must not become the next test's default."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 # Small enough to run in well under a second, big enough to learn the RF task.
 FAST = ["train.epochs=300", "train.checkpoint_every=100", "train.progress=false",

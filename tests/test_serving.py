@@ -127,8 +127,9 @@ def test_make_targets_refuse_a_taken_port(tmp_path: Path, target: str, variable:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with _listening() as port:
         started = time.monotonic()
-        done = _make(target, "HOST=127.0.0.1", f"{variable}={port}", f"STORE={store}",
-                     f"BACKEND={store}", "RUN_ID=0123456789abcdef", timeout=60)
+        extra = {"ui": [f"STORE={store}"], "server": [f"BACKEND={store}"],
+                 "serve": [f"STORE={store}", "RUN_ID=0123456789abcdef"]}[target]
+        done = _make(target, "HOST=127.0.0.1", f"{variable}={port}", *extra, timeout=60)
         elapsed = time.monotonic() - started
     lines = _own_lines(done)
     assert done.returncode != 0, done.stdout + done.stderr
@@ -143,7 +144,8 @@ def test_make_serve_without_a_model_says_how() -> None:
     done = _make("serve", f"PORT={free_port()}", timeout=60)
     assert done.returncode != 0
     assert _own_lines(done) == ["error: make serve: name the model to serve: make serve "
-                                "RUN_ID=<run id> (or MODEL=models:/<model id>)"]
+                                "RUN_ID=<run id> (or MODEL=models:/<model id>, "
+                                "MODEL=models:/<name>@champion)"]
 
 
 def test_serving_env_puts_the_venv_first_and_names_the_store(monkeypatch) -> None:

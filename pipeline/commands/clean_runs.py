@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.commands.clean_runs",
                                      description=__doc__)
     parser.add_argument("--max-age-minutes", type=float, default=10.0)
-    parser.add_argument("--uri", default=None, help="tracking URI (default: the project store)")
+    parser.add_argument("--uri", default=None, help="tracking URI (default: "
+                        "MLFLOW_TRACKING_URI, else the project's mlflow.db)")
     args = parser.parse_args(argv)
     from pipeline.tracking.runs import LIVE_WITHIN_S, mark_stale_runs  # MLflow: after --help
 

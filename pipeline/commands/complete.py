@@ -13,10 +13,10 @@ This adds them to the run itself, which keeps its status and end time:
   ``predictions.csv`` (the plots must describe that run, not a CSV changed since).
 
 Neither flag: both. What a run has already is left as it is; either way the tag
-``model_logged`` / ``plots_logged`` ends "true". ``--uri`` picks the store (default: the
-project's ``mlflow.db``). A problem (an unknown run, a run without a final checkpoint, a
-data file gone) is one line on stderr and exit 1. The work is
-:func:`pipeline.run.backfill.complete_run`.
+``model_logged`` / ``plots_logged`` ends "true". ``--uri`` picks the store (default:
+``MLFLOW_TRACKING_URI`` if set, else the project's ``mlflow.db``). A problem (an unknown
+run, a run without a final checkpoint, a data file gone) is one line on stderr and exit 1.
+The work is :func:`pipeline.run.backfill.complete_run`.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_id", help="the MLflow run to complete")
     parser.add_argument("--model", action="store_true", help="log the run's MLflow model")
     parser.add_argument("--plots", action="store_true", help="draw and log the run's plots")
-    parser.add_argument("--uri", default=None, help="the store's tracking URI (default: the "
-                        "project's mlflow.db)")
+    parser.add_argument("--uri", default=None, help="the store's tracking URI (default: "
+                        "MLFLOW_TRACKING_URI, else the project's mlflow.db)")
     parser.add_argument("--plugins", default="", help="comma-separated modules of the run's "
                         "pipeline.plugins that you trust: redrawing its plots imports them (a "
                         "stored config alone never makes it)")

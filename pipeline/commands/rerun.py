@@ -8,7 +8,8 @@ difference, and exits 1 on a difference. Differences in the environment (Python,
 packages, BLAS, threads, git commit) are printed as warnings first, since they are
 the usual reason for a difference in the last bits.
 
-``tracking.uri=<uri>`` picks the store (default: the project's own); any other
+``--uri <uri>`` or ``tracking.uri=<uri>`` picks the store (default: ``MLFLOW_TRACKING_URI``
+if set, else the project's own); any other
 ``key=value`` changes the config before the rerun (to check that a change shows).
 
 The stored config is data that anyone who can write the store can edit: it is never
@@ -166,7 +167,11 @@ def rerun(run_id: str, overrides: list[str]) -> int:
     from pipeline.run.runner import run
     from pipeline.tracking.runs import Runs
 
-    uri = next((o.split("=", 1)[1] for o in overrides if o.startswith("tracking.uri=")), None)
+    named = {o.split("=", 1)[1] for o in overrides if o.startswith("tracking.uri=")}
+    if len(named) > 1:
+        raise PipelineError(f"rerun: two stores named ({', '.join(sorted(named))}); name the "
+                            "run's store once: STORE=<uri> (--uri) or tracking.uri=<uri>")
+    uri = next(iter(named), None)
     changes = [o for o in overrides if not o.startswith("tracking.uri=")]
     runs = Runs(uri)
     original = runs.get(run_id)
@@ -232,11 +237,27 @@ def rerun(run_id: str, overrides: list[str]) -> int:
     return 1
 
 
+def store_options(args: list[str]) -> list[str] | None:
+    """``args`` with ``--uri <uri>`` / ``--uri=<uri>`` written as ``tracking.uri=<uri>`` (the
+    form the config takes); None if ``--uri`` has no value."""
+    out: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--uri":
+            arg = f"--uri={next(rest, '')}"
+        if arg.startswith("--uri="):
+            if not arg.removeprefix("--uri="):
+                return None
+            arg = "tracking.uri=" + arg.removeprefix("--uri=")
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = store_options(sys.argv[1:] if argv is None else argv)
     if not args or args[0].startswith("-") or "=" in args[0]:
-        print("usage: python -m pipeline.commands.rerun <run_id> [tracking.uri=<uri>] "
-              "[key=value ...]", file=sys.stderr)
+        print("usage: python -m pipeline.commands.rerun <run_id> [--uri <uri> | "
+              "tracking.uri=<uri>] [key=value ...]", file=sys.stderr)
         return 2
     try:
         return rerun(args[0], args[1:])

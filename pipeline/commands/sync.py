@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
     parser.add_argument("target", type=Path, nargs="+", help="a run's or a sweep's output "
                         "folder, or a journal.jsonl (with --unsent: folders to look in)")
     parser.add_argument("--uri", default=None, help="send to this tracking URI instead of the "
-                        "journal's own store")
+                        "journal's own store (the one the run was recorded for, which "
+                        "MLFLOW_TRACKING_URI does not change)")
     parser.add_argument("--unsent", action="store_true", help="send nothing: list the journals "
                         "never sent completely, exit 1 if there is any (make clean asks this)")
     args = parser.parse_args(argv)
@@ -76,6 +77,7 @@ def _send(targets: list[Path], uri: str | None, marked: list[str], stop: _Stop) 
         print(f"error: {error}", file=sys.stderr)
         return 1
     stop.over = True  # everything was sent: a signal from now on changes nothing
+    readers: dict[str, Any] = {}  # one reader per store
     for sent in results:
         what = ("its sweep is still going (the sweep's end summarises)" if sent.live else
                 "summary and status brought up to date" if sent.updated else
@@ -83,7 +85,24 @@ def _send(targets: list[Path], uri: str | None, marked: list[str], stop: _Stop) 
                 "already sent" if sent.already else
                 "sent to a new run" if sent.created else "sent")
         print(f"{what}: {sent.journal} -> run {sent.run_id} ({sent.status}) in {sent.uri}")
+        link = _run_link(readers, sent.uri, sent.run_id)
+        if link is not None:
+            print(f"  in the MLflow UI: {link}")
     return 0
+
+
+def _run_link(readers: dict[str, Any], uri: str, run_id: str) -> str | None:
+    """The UI link of run ``run_id`` in the store ``uri`` (None if it cannot be read now:
+    the run was sent, the link is only a convenience)."""
+    from pipeline.errors import PipelineError
+    from pipeline.tracking.runs import Runs
+
+    try:
+        if uri not in readers:
+            readers[uri] = Runs(uri)
+        return str(readers[uri].url(readers[uri].get(run_id)))
+    except PipelineError:
+        return None
 
 
 def _interrupted_line(targets: list[Path], marked: list[str]) -> str:

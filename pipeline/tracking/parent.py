@@ -205,9 +205,11 @@ class SweepParent:
     def __init__(self, *, uri: str | None, experiment: str, name: str, tags: Mapping[str, str],
                  metric: str, direction: str, sweep_dir: Path, offline: bool,
                  resume: PastSweep | None = None, tie_metric: str | None = None,
-                 search_space: Mapping[str, str] | None = None) -> None:
+                 search_space: Mapping[str, str] | None = None,
+                 ui_url: str | None = None) -> None:
         self.metric, self.direction, self.sweep_dir = metric, direction, sweep_dir
         self.tie_metric = tie_metric
+        self.ui_url = ui_url  # tracking.ui_url: the links' base address (None: the store's)
         self.journal_id = new_journal_id()
         self.tags: dict[str, str] = {}
         self.store: Store | None = None
@@ -311,7 +313,7 @@ class SweepParent:
         """The UI page of run ``run_id`` of this sweep's experiment (None offline)."""
         if self.store is None or run_id is None or self.experiment_id is None:
             return None
-        return run_url(self.store.uri, self.experiment_id, run_id)
+        return run_url(self.store.uri, self.experiment_id, run_id, self.ui_url)
 
     @property
     def identity(self) -> list[str]:
@@ -330,7 +332,8 @@ class SweepParent:
         """The UI's comparison of the first :data:`COMPARE_AT_MOST` of ``run_ids``."""
         if self.store is None or self.experiment_id is None or not run_ids:
             return None
-        return compare_url(self.store.uri, [self.experiment_id], run_ids[:COMPARE_AT_MOST])
+        return compare_url(self.store.uri, [self.experiment_id], run_ids[:COMPARE_AT_MOST],
+                           self.ui_url)
 
     def finish(self, *, aborted: bool = False, interrupted: bool = False,
                not_started: int = 0, max_failures: int | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import tempfile
 import time
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from pipeline.config.addresses import host_port_url
 from pipeline.errors import PipelineError
 from pipeline.tracking import record as names
-from pipeline.tracking.store import Store, end_run, open_store
+from pipeline.tracking.store import Store, end_run, open_store, sqlite_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,34 +42,83 @@ class RunView:
     metrics: dict[str, float]
 
 
-UI_DEFAULT = "http://127.0.0.1:5000"  # `make ui` serves a local store here
+UI_DEFAULT = "http://127.0.0.1:5000"  # `make ui`'s own default address
 # MLflow 3.17's UI opens a fresh browser on its GenAI pages; this query switches it to the
 # training views on the routes below.
 TRAINING_VIEW = "workflowType=machine_learning"
+# `make ui` writes the address it serves a sqlite store on into this file beside the store
+# (gitignored); links to that store's runs follow it.
+UI_FILE = ".mlflow-ui"
+UI_FILE_MAX_BYTES = 300
 
 
-def ui_base(store_uri: str) -> str:
-    """The UI's address: the tracking server's own for http(s) stores, else `make ui`'s."""
+def announce_ui(store_uri: str, host: str, port: int) -> str:
+    """Record ``host:port`` as the address of the UI on the sqlite store ``store_uri`` (the
+    next runs' links follow it); return the address. Written whole or not at all."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # every interface
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    url = f"http://{shown}:{port}"
+    db = sqlite_path(store_uri)
+    if db is not None:
+        tmp = db.parent / f"{UI_FILE}.{os.getpid()}.tmp"
+        try:
+            tmp.write_text(url + "\n")
+            os.replace(tmp, db.parent / UI_FILE)
+        except OSError:  # a read-only folder: links keep the default address
+            tmp.unlink(missing_ok=True)
+    return url
+
+
+def announced_ui(store_uri: str) -> str | None:
+    """The address ``make ui`` last announced for the sqlite store ``store_uri``; None when
+    there is none, or the file holds anything but http(s)://host:port (anyone who can write
+    beside the store can write it: it is never trusted further)."""
+    db = sqlite_path(store_uri)
+    if db is None:
+        return None
+    try:
+        with open(db.parent / UI_FILE, "rb") as file:
+            raw = file.read(UI_FILE_MAX_BYTES + 1)
+        text = raw.decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return host_port_url(text) if len(raw) <= UI_FILE_MAX_BYTES else None
+
+
+def ui_base(store_uri: str, ui_url: str | None = None) -> str:
+    """The UI's address: ``ui_url`` (``tracking.ui_url``) if given, else the tracking server's
+    own for http(s) stores, else the one ``make ui`` announced for the store, else its
+    default."""
+    if ui_url:
+        return ui_url.rstrip("/")
     if store_uri.startswith(("http://", "https://")):
         return store_uri.rstrip("/")
-    return UI_DEFAULT
+    return announced_ui(store_uri) or UI_DEFAULT
 
 
-def run_url(store_uri: str, experiment_id: str, run_id: str) -> str:
+def run_url(store_uri: str, experiment_id: str, run_id: str, ui_url: str | None = None) -> str:
     """A link that opens one run in the UI's training view."""
-    return f"{ui_base(store_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+    return (f"{ui_base(store_uri, ui_url)}/#/experiments/{experiment_id}/runs/{run_id}"
+            f"?{TRAINING_VIEW}")
 
 
-def experiment_url(store_uri: str, experiment_id: str) -> str:
+def experiment_url(store_uri: str, experiment_id: str, ui_url: str | None = None) -> str:
     """A link to the experiment's runs table (sweeps as expandable parents)."""
-    return f"{ui_base(store_uri)}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+    return f"{ui_base(store_uri, ui_url)}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
 
 
-def compare_url(store_uri: str, experiment_ids: list[str], run_ids: list[str]) -> str:
+def experiments_url(base: str) -> str:
+    """A link to the UI at ``base`` listing the experiments, in the training views."""
+    return f"{base.rstrip('/')}/#/experiments?{TRAINING_VIEW}"
+
+
+def compare_url(store_uri: str, experiment_ids: list[str], run_ids: list[str],
+                ui_url: str | None = None) -> str:
     """A link to the UI's side-by-side comparison of ``run_ids``."""
     runs = quote(json.dumps(list(run_ids), separators=(",", ":")), safe="")
     experiments = quote(json.dumps(sorted(set(experiment_ids)), separators=(",", ":")), safe="")
-    return (f"{ui_base(store_uri)}/#/compare-runs?runs={runs}&experiments={experiments}"
+    return (f"{ui_base(store_uri, ui_url)}/#/compare-runs?runs={runs}&experiments={experiments}"
             f"&{TRAINING_VIEW}")
 
 
@@ -88,7 +139,8 @@ class Runs:
         except Exception:
             raise PipelineError(
                 f"run id {run_id!r} is not in the store {self.uri}; "
-                "copy the id from the MLflow UI or pass tracking.uri=<store>"
+                "copy the id from the MLflow UI or name its store (STORE=<uri>, --uri, "
+                "tracking.uri= or MLFLOW_TRACKING_URI)"
             ) from None
         return RunView(run.info.run_id, run.info.experiment_id, run.info.run_name or "",
                        run.info.status, dict(run.data.params), dict(run.data.tags),

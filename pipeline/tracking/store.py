@@ -98,8 +98,11 @@ class StoreError(TrackingError):
 
 
 def store_uri(uri: str | None) -> str:
-    """The tracking URI: the given one, or the project's own sqlite store."""
-    return uri if uri else f"sqlite:///{DEFAULT_STORE}"
+    """The tracking URI: the given one, else ``MLFLOW_TRACKING_URI`` (how MLflow users point
+    every tool at a store), else the project's own sqlite store."""
+    if uri:
+        return uri
+    return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or f"sqlite:///{DEFAULT_STORE}"
 
 
 def sqlite_path(uri: str) -> Path | None:
