@@ -1,6 +1,7 @@
 """``python -m pipeline.commands.compare RUN [RUN ...]``: what differs between runs, as one table.
 
-Shows, for two or more runs of a store (a sweep's parent run id stands for its children):
+Shows, for two or more runs of a store (a sweep's parent run id stands for its children, a
+registered ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` for its version's run):
 
 * the params that differ (the equal ones are counted);
 * every final metric, with its delta against the first run; the stage times apart;
@@ -317,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN", help="MLflow run ids (a sweep's "
-                        "parent run id: its children); the first is the reference for deltas")
+                        "parent run id: its children; models:/<name>@<alias> or "
+                        "models:/<name>/<version>: the version's run); the first is the "
+                        "reference for deltas")
     parser.add_argument("--uri", default=None, help="the store's tracking URI, sqlite:///... "
                         "or http://host:port (default: the project's mlflow.db)")
     parser.add_argument("--format", choices=FORMATS, default=None, help="text (default: "
@@ -342,8 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     fmt = fmt or "text"
 
     from pipeline.tracking.comparison import compare  # MLflow (~1 s): after the usage checks
+    from pipeline.tracking.registry import registered_run_ids
+    from pipeline.tracking.store import store_uri
 
     try:
+        run_ids = registered_run_ids(store_uri(uri), run_ids)  # models:/<name>@<alias>
         comparison = compare(uri, run_ids)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -4,10 +4,12 @@ port check ``make ui`` and ``make server`` run before they start.
     python -m pipeline.commands.serve --run-id <run id> [--uri STORE] [--host 127.0.0.1]
         [--port 5002]
     python -m pipeline.commands.serve --model models:/<model id> [--plugins my_transforms]
+    python -m pipeline.commands.serve --model models:/<name>@champion (or models:/<name>/<version>)
     python -m pipeline.commands.serve --check-port HOST PORT [--target "make ui"] [--variable PORT]
 
 Serving resolves the run to its logged model (``models:/<model_id>``), prints where it
-listens and a request that works, then becomes ``mlflow models serve -m models:/<model_id>
+listens (for a registered model: which version of which run) and a request that works,
+then becomes ``mlflow models serve -m models:/<model_id>
 --env-manager local``, with this interpreter's ``bin/`` first on the PATH (MLflow starts
 ``uvicorn`` by name) and ``MLFLOW_TRACKING_URI`` set to the store (default: the project's
 ``mlflow.db``, whatever the working directory). Whatever can be seen before the server
@@ -31,6 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from pipeline.config.paths import DEFAULT_STORE
+from pipeline.tracking.record import CHILD_RECORD_TAG, MODEL_LOGGED_TAG
+
 if TYPE_CHECKING:
     from mlflow.models import Model
 
@@ -38,8 +43,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5002
 # How to get something servable, for every model that is not.
 HOW_TO_GET_A_MODEL = ("serve a logged model: MODEL=models:/<model id> (printed at the end of "
-                      "a run), or RUN_ID=<run id> (make log-model RUN_ID=<run id> logs one for "
-                      "a run without)")
+                      "a run), MODEL=models:/<name>@champion (make promote registers one), or "
+                      "RUN_ID=<run id> (make log-model RUN_ID=<run id> logs one for a run "
+                      "without)")
 
 
 def port_problem(host: str, port: int) -> str | None:
@@ -209,13 +215,20 @@ def _resolve(uri: str, run_id: str | None, model: str | None,
     whose module is not named is one line here, not a traceback from the server."""
     import mlflow
 
+    from pipeline.errors import PipelineError
     from pipeline.tracking.model import served_model  # MLflow: not for --check-port
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one-line output
     if model is not None and local_folder(model) is not None:
         target, description, columns = model, servable(model), None
     else:
-        target, columns = served_model(uri, run_id=run_id, model=model)
+        try:
+            target, columns = served_model(uri, run_id=run_id, model=model)
+        except PipelineError:
+            lean = _lean_child_problem(uri, run_id) if run_id and model is None else None
+            if lean is not None:
+                raise PipelineError(lean) from None
+            raise
         mlflow.set_tracking_uri(uri)
         description = servable(target)
     _check_preprocessor(target, description, plugins)
@@ -252,6 +265,46 @@ def _check_preprocessor(target: str, description: Model, plugins: list[str]) -> 
                           ) from None
 
 
+def _lean_child_problem(uri: str, run_id: str) -> str | None:
+    """The one line for a lean sweep job's run, which has no model until it is logged
+    (``make log-model``), or None for any other run."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        tags = MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
+    except Exception:  # the store's own error was reported already
+        return None
+    if tags.get(CHILD_RECORD_TAG) != "lean" or tags.get(MODEL_LOGGED_TAG) == "true":
+        return None
+    store = "" if uri == _default_store() else f" STORE={uri}"
+    return (f"RUN_ID={run_id} is a lean sweep job (sweep.child_record=lean), which records "
+            f"no model to keep sweeps fast; log its model first: make log-model "
+            f"RUN_ID={run_id}{store}, then make serve RUN_ID={run_id}{store}")
+
+
+def _default_store() -> str:
+    """The project's own store (what the make targets name without STORE=)."""
+    return f"sqlite:///{DEFAULT_STORE}"
+
+
+def registered_source(uri: str, model: str | None) -> str:
+    """`` (version 3 of NAME, run <id>)`` for a ``models:/<name>@<alias>`` or
+    ``models:/<name>/<version>`` URI, else ""."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.registry import RegistryError, parse_registry_uri, resolve
+
+    ref = parse_registry_uri(model) if model else None
+    if ref is None:
+        return ""
+    try:
+        version = resolve(MlflowClient(tracking_uri=uri), ref)
+    except RegistryError:
+        return ""
+    run = f", run {version.run_id}" if version.run_id else ""
+    return f" (version {version.version} of {ref.name}{run})"
+
+
 class PluginProblem(Exception):
     """A plugin module the user named that cannot be imported, or one the model's transforms
     need that the user did not name: one line."""
@@ -263,7 +316,7 @@ def serve(uri: str | None, host: str, port: int, *, run_id: str | None,
     an error: its exit status)."""
     if not run_id and not model:
         print("error: make serve: name the model to serve: make serve RUN_ID=<run id> "
-              "(or MODEL=models:/<model id>)", file=sys.stderr)
+              "(or MODEL=models:/<model id>, MODEL=models:/<name>@champion)", file=sys.stderr)
         return 2
     message = port_message(host, port, target="make serve", variable="PORT")
     if message is not None:
@@ -286,7 +339,7 @@ def serve(uri: str | None, host: str, port: int, *, run_id: str | None,
         print(f"error: make serve: {named}: {problem}; {HOW_TO_GET_A_MODEL}", file=sys.stderr)
         return 1
     url = f"http://{_client_host(host)}:{port}/invocations"
-    source = f" (run {run_id})" if run_id and not model else ""
+    source = f" (run {run_id})" if run_id and not model else registered_source(uri, model)
     print(f"Serving {target}{source} from {uri}\n"
           f"  at {url}  (answers in a few seconds; Ctrl-C stops it)\n"
           f"  try: {curl_example(url, columns)}", flush=True)
@@ -301,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-id", default=None, help="serve this run's logged model")
     parser.add_argument("--model", default=None, help="serve this model URI instead "
-                        "(models:/<model id>, models:/<name>/<version> or a local folder)")
+                        "(models:/<model id>, models:/<name>@<alias>, "
+                        "models:/<name>/<version> or a local folder)")
     parser.add_argument("--uri", default=None, help="the store's tracking URI (default: the "
                         "project's mlflow.db)")
     parser.add_argument("--plugins", default="", help="comma-separated modules the model's "

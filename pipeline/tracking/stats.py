@@ -232,3 +232,60 @@ def format_p(p: float) -> str:
     if p == 0:
         return "0"
     return f"{p:.3g}" if p >= 1e-3 else f"{p:.1e}"
+
+
+# -- two models on the same rows (the promotion gate) ----------------------------------------
+@dataclass(frozen=True)
+class McNemar:
+    """Two classifiers on the same rows: the rows only ``a`` gets right, only ``b`` gets
+    right, and the exact two-sided McNemar p-value (a binomial test on those discordant
+    rows; 1 when there are none)."""
+
+    a_only: int
+    b_only: int
+    p: float
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemar:
+    """McNemar's exact test of two classifiers' per-row correctness (booleans, same rows)."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if a_only + b_only == 0:
+        return McNemar(0, 0, 1.0)
+    return McNemar(a_only, b_only, float(binomtest(b_only, a_only + b_only, 0.5).pvalue))
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """The mean of per-row differences ``a - b`` with its 95 % percentile bootstrap interval
+    and a two-sided bootstrap p-value for "no difference"."""
+
+    mean: float
+    ci95_low: float
+    ci95_high: float
+    p: float
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = 2000,
+                     seed: int = 0) -> Bootstrap:
+    """Resample the rows (the same rows for both, which is what pairs them) ``resamples``
+    times with a seeded generator: the interval of the mean difference is the 2.5 and 97.5
+    percentiles, the p-value the share of resampled means at least as far from the observed
+    mean as the observed mean is from 0 (the bootstrap distribution shifted to the null)."""
+    diff = np.asarray(a, float) - np.asarray(b, float)
+    if len(diff) == 0:
+        nan = float("nan")
+        return Bootstrap(nan, nan, nan, nan)
+    mean = float(diff.mean())
+    if not diff.any():
+        return Bootstrap(0.0, 0.0, 0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    batch = max(1, 2_000_000 // len(diff))  # bounded memory on a large test split
+    means = np.concatenate([
+        diff[rng.integers(0, len(diff), size=(min(batch, resamples - start), len(diff)))
+             ].mean(axis=1) for start in range(0, resamples, batch)])
+    low, high = np.percentile(means, [2.5, 97.5])
+    p = float(np.mean(np.abs(means - mean) >= abs(mean)))
+    return Bootstrap(mean, float(low), float(high), max(p, 1.0 / resamples))
