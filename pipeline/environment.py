@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 from pipeline.config.paths import PROJECT_ROOT
 
@@ -36,14 +37,39 @@ def git_state() -> dict[str, str]:
     }
 
 
+def numpy_blas_pool(pools: list[dict], numpy_dir: Path,
+                    built_version: str | None) -> dict | None:
+    """Which of threadpoolctl's BLAS ``pools`` NumPy itself calls.
+
+    Not simply the first: the list follows the order the libraries were loaded, and
+    SciPy's wheels bundle an OpenBLAS of their own. A NumPy wheel carries its BLAS in
+    ``numpy.libs`` (Linux, Windows) or ``numpy/.dylibs`` (macOS); a NumPy built against
+    a system BLAS is matched by the version it was built with (``numpy.__config__``).
+    """
+    own = (numpy_dir.resolve(), numpy_dir.parent.resolve() / "numpy.libs")
+    for pool in pools:
+        path = Path(str(pool.get("filepath", ""))).resolve()
+        if any(path.is_relative_to(folder) for folder in own):
+            return pool
+    for pool in pools:
+        if built_version is not None and pool.get("version") == built_version:
+            return pool
+    return pools[0] if pools else None
+
+
 def blas_info() -> dict[str, str]:
     """The BLAS NumPy calls, its version and its thread count (threadpoolctl)."""
+    import numpy  # loads NumPy's BLAS, so that threadpoolctl sees it
     from threadpoolctl import threadpool_info
 
+    try:
+        built = numpy.__config__.CONFIG["Build Dependencies"]["blas"].get("version")
+    except (AttributeError, KeyError, TypeError):  # other NumPy builds describe less
+        built = None
     pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
-    if not pools:
+    pool = numpy_blas_pool(pools, Path(numpy.__file__).parent, built)
+    if pool is None:
         return {"blas": "unknown", "blas_threads": "unknown"}
-    pool = pools[0]
     name = f"{pool.get('internal_api')} {pool.get('version')} ({pool.get('architecture')})"
     return {"blas": name, "blas_threads": str(pool.get("num_threads"))}
 

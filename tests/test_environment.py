@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -49,3 +51,52 @@ def test_environment_json_lists_the_packages(tmp_path: Path) -> None:
     packages = environment.installed_packages()
     assert packages == dict(sorted(packages.items()))
     assert {"mlflow", "hydra-core", "numpy", "pandas"} <= set(packages)
+
+
+_DESCRIBE_BLAS = """
+import ctypes, glob, importlib.util, json, os, sys
+if sys.argv[1] == "scipy-first":
+    # SciPy's own OpenBLAS loaded before NumPy's: threadpool_info() lists it first, as it
+    # does in a process that imported SciPy's extensions before NumPy's BLAS was loaded.
+    site = os.path.dirname(os.path.dirname(importlib.util.find_spec("scipy").origin))
+    for path in sorted(glob.glob(os.path.join(site, "scipy.libs", "*blas*"))):
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    import scipy.linalg  # noqa: F401
+from pipeline.environment import blas_info
+print(json.dumps(blas_info()))
+"""
+
+
+def _blas_in_new_process(mode: str) -> dict[str, str]:
+    done = subprocess.run([sys.executable, "-c", _DESCRIBE_BLAS, mode], capture_output=True,
+                          text=True, check=True, cwd=Path(environment.__file__).parents[1])
+    return json.loads(done.stdout)
+
+
+def test_blas_is_numpys_whatever_was_loaded_first() -> None:
+    """A rerun on the same venv must describe the same BLAS (issue 27, point 2)."""
+    import numpy
+
+    numpy_only = _blas_in_new_process("numpy-only")
+    assert numpy_only == _blas_in_new_process("scipy-first")
+    assert numpy_only == environment.blas_info()  # this process imported SciPy too
+    built = numpy.__config__.CONFIG["Build Dependencies"]["blas"]["version"]
+    assert numpy_only["blas"].startswith(f"openblas {built} ")
+
+
+def test_blas_pool_choice_prefers_numpys_own_library(tmp_path: Path) -> None:
+    numpy_dir = tmp_path / "site" / "numpy"
+    scipy_pool = {"user_api": "blas", "internal_api": "openblas", "version": "0.3.30",
+                  "filepath": str(tmp_path / "site" / "scipy.libs" / "libopenblas.so")}
+    wheel_pool = {**scipy_pool, "version": "0.3.31",
+                  "filepath": str(tmp_path / "site" / "numpy.libs" / "libopenblas64_.so")}
+    dylib_pool = {**scipy_pool, "version": "0.3.29",
+                  "filepath": str(numpy_dir / ".dylibs" / "libopenblas.dylib")}
+    system_pool = {**scipy_pool, "version": "0.3.21", "filepath": "/usr/lib/libopenblas.so"}
+    choose = environment.numpy_blas_pool
+    assert choose([scipy_pool, wheel_pool], numpy_dir, None) == wheel_pool
+    assert choose([scipy_pool, dylib_pool], numpy_dir, None) == dylib_pool
+    # A NumPy linked to a system BLAS: the one whose version NumPy was built against.
+    assert choose([scipy_pool, system_pool], numpy_dir, "0.3.21") == system_pool
+    assert choose([scipy_pool, system_pool], numpy_dir, None) == scipy_pool
+    assert choose([], numpy_dir, None) is None

@@ -74,8 +74,8 @@ def test_default_pipeline_records_everything(compose_cfg, tmp_path, isolated, st
 
     files = _artifacts(client, result.run_id)
     for name in ("confusion_matrix.json", "confusion_matrix.png", "predictions.csv",
-                 "checkpoints/final.json", "checkpoints/epoch_00100.json",
-                 "checkpoints/epoch_00300.json", "config.yaml", "overrides.yaml",
+                 "checkpoints/final.json", "checkpoints/epoch_0000100.json",
+                 "checkpoints/epoch_0000300.json", "config.yaml", "overrides.yaml",
                  "plots/training_curves.png", "plots/roc_curve.png",
                  "plots/probability_vs_label.png", "plots/decision_boundary.png"):
         assert name in files, name
@@ -103,7 +103,10 @@ def test_default_pipeline_records_everything(compose_cfg, tmp_path, isolated, st
     # The test metrics are also the logged model's, measured on the "test" input.
     model_metrics = {m.key: m for m in logged[0].metrics or []}
     assert model_metrics["test_accuracy"].value == run_.data.metrics["test_accuracy"]
-    assert model_metrics["test_accuracy"].dataset_name == "test"
+    source_name = f"rf(seed={run_.data.params['seeds.data']})"
+    digests = {t.value: i.dataset.digest for i in run_.inputs.dataset_inputs for t in i.tags}
+    assert model_metrics["test_accuracy"].dataset_name == source_name
+    assert model_metrics["test_accuracy"].dataset_digest == digests["test"]
     assert "train_loss" not in model_metrics  # per-epoch histories stay the run's
     model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
     served = model.predict(raw)
@@ -112,7 +115,8 @@ def test_default_pipeline_records_everything(compose_cfg, tmp_path, isolated, st
             == predictions["predicted_label"].astype(str).to_numpy()).all()
 
     inputs = run_.inputs.dataset_inputs
-    assert {i.dataset.name for i in inputs} == {"train", "val", "test"}
+    assert {i.dataset.name for i in inputs} == {source_name}
+    assert {t.value for i in inputs for t in i.tags} == {"train", "val", "test"}
 
     # The validation figures are the evaluate stage's on the raw validation rows through the
     # checkpoint's preprocessor, and they are the run's latest values (the core's per-epoch
@@ -124,7 +128,7 @@ def test_default_pipeline_records_everything(compose_cfg, tmp_path, isolated, st
         assert _same(run_.data.metrics[key], value), key
         assert _same(result.metrics[key], value), key
     (measured,) = [m for m in model_metrics.values() if m.key == "val_accuracy"]
-    assert measured.dataset_name == "val"
+    assert (measured.dataset_name, measured.dataset_digest) == (source_name, digests["val"])
 
 
 def _same(a: float, b: float) -> bool:
@@ -244,7 +248,8 @@ def test_k_folds_score_each_fold_without_leakage_then_refit(
         output_format="list")
     assert len(logged) == 1
     assert "val_accuracy" not in {m.key for m in logged[0].metrics or []}  # not its figure
-    assert {i.dataset.name for i in run_.inputs.dataset_inputs} == {"train", "test"}
+    assert {i.dataset.name for i in run_.inputs.dataset_inputs} == {"data.csv"}
+    assert {t.value for i in run_.inputs.dataset_inputs for t in i.tags} == {"train", "test"}
 
 
 def test_too_few_rows_for_the_folds_is_one_line(tmp_path, store) -> None:

@@ -113,7 +113,7 @@ def _parameters(path: Path) -> dict:
 def test_resume_equals_uninterrupted(compose_cfg, tmp_path, isolated, batch) -> None:
     base = [*QUICK, *isolated, f"train.batch_size={batch}"]
     whole = run(validate(compose_cfg(*base)), output_dir=tmp_path / "whole")
-    checkpoint = whole.output_dir / "checkpoints" / "epoch_00100.json"
+    checkpoint = whole.output_dir / "checkpoints" / "epoch_0000100.json"
     resumed = run(validate(compose_cfg(*base, f"train.resume_from={checkpoint}")),
                   output_dir=tmp_path / "resumed")
     assert _parameters(resumed.output_dir / "checkpoints" / "final.json") == _parameters(
@@ -147,7 +147,7 @@ def test_resume_from_a_run_id(compose_cfg, tmp_path, isolated) -> None:
 @pytest.mark.slow
 def test_resume_from_a_run_id_picks_the_newest_checkpoint_past_epoch_99999(tmp_path, store
                                                                             ) -> None:
-    """An interrupted run with epoch_50050.json and epoch_100100.json (named across the
+    """An interrupted run with epoch_0050050.json and epoch_0100100.json (named across the
     99,999 boundary, where text order and epoch order disagree): resuming from its run id
     starts at epoch 100100, says so in a log line and tags the checkpoint it used."""
     import signal
@@ -164,7 +164,7 @@ def test_resume_from_a_run_id_picks_the_newest_checkpoint_past_epoch_99999(tmp_p
         cwd=PROJECT_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
-        while not (out / "checkpoints" / "epoch_100100.json").exists():
+        while not (out / "checkpoints" / "epoch_0100100.json").exists():
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.05)
         process.send_signal(signal.SIGINT)
@@ -176,14 +176,14 @@ def test_resume_from_a_run_id_picks_the_newest_checkpoint_past_epoch_99999(tmp_p
         [MlflowClient(store).get_experiment_by_name("mlp-pipeline").experiment_id])[0]
     logged = {a.path for a in MlflowClient(store).list_artifacts(first.info.run_id,
                                                                   "checkpoints")}
-    assert logged == {"checkpoints/epoch_50050.json", "checkpoints/epoch_100100.json"}
+    assert logged == {"checkpoints/epoch_0050050.json", "checkpoints/epoch_0100100.json"}
 
     resumed = cli(tmp_path, f"tracking.uri={store}", "train.progress=false",
                   "tracking.plots=false", "tracking.log_model=false", "train.epochs=100200",
                   f"train.resume_from={first.info.run_id}", f"hydra.run.dir={tmp_path / 'r'}",
                   f"pipeline.cache_dir={tmp_path / 'cache'}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    source = f"runs:/{first.info.run_id}/checkpoints/epoch_100100.json"
+    source = f"runs:/{first.info.run_id}/checkpoints/epoch_0100100.json"
     assert f"resuming from {source} (epoch 100100)" in resumed.stdout
     run_id = resumed.stdout.split("MLflow run ")[1].split()[0]
     tags = MlflowClient(store).get_run(run_id).data.tags

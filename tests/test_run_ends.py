@@ -159,7 +159,7 @@ def test_two_runs_at_once_in_one_folder_each_keep_their_own_files(tmp_path) -> N
             assert sha256(Path(stored)) == run.data.tags["checkpoint_sha256"]
             names = {Path(f.path).name for f in client.list_artifacts(run.info.run_id,
                                                                        "checkpoints")}
-            assert names == {f"epoch_00{e}00.json" for e in range(1, 7)} | {"final.json"}
+            assert names == {f"epoch_0000{e}00.json" for e in range(1, 7)} | {"final.json"}
 
 
 def _claim(folder: str, key: str, start: multiprocessing.synchronize.Barrier,
@@ -216,7 +216,7 @@ def test_a_sweep_run_again_in_its_folder_keeps_each_attempt_apart(tmp_path) -> N
     for job in ("0", "1"):
         (second,) = (sweep / job).glob("run-*/journal.jsonl")
         assert sorted(p.name for p in (second.parent / "checkpoints").iterdir()) == [
-            "epoch_00050.json", "epoch_00100.json", "final.json"]
+            "epoch_0000050.json", "epoch_0000100.json", "final.json"]
     sent = sync(sweep)
     assert sent.returncode == 0, sent.stderr[-3000:]
     assert sent.stdout.count("sent to a new run") == 6, sent.stdout

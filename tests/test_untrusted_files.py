@@ -310,7 +310,7 @@ def test_resuming_a_checkpoint_of_another_architecture_fails_the_run(tmp_path) -
     done = cli(f"tracking.uri={first_store}", *QUICK, "model.hidden_sizes=[8]",
                f"hydra.run.dir={tmp_path / 'first'}", f"pipeline.cache_dir={tmp_path / 'c'}")
     assert done.returncode == 0, done.stderr[-2000:]
-    saved = tmp_path / "first" / "checkpoints" / "epoch_00025.json"
+    saved = tmp_path / "first" / "checkpoints" / "epoch_0000025.json"
     assert MLP.load(saved).layer_sizes == (2, 8, 1)
 
     store = f"sqlite:///{tmp_path / 'resume.db'}"

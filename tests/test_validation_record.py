@@ -46,12 +46,14 @@ def test_validation_figures_are_logged_at_the_last_epoch_after_every_epoch(tmp_p
     validation = Validation({"val_accuracy": 0.85, "val_log_loss": 0.4}, after_ms=later,
                             dataset="val")
     test, val = _metric_records(outcome_records(_outcome(tmp_path, validation),
-                                                log_model=True))
+                                                log_model=True, data_seed=7))
     assert test["values"] == {"test_accuracy": 0.9, "test_log_loss": 0.3}
-    assert (test["step"], test["dataset"][0], test["of_model"]) == (0, "test", True)
+    # Datasets are named after their source: generated data by its seed (issue 27).
+    assert test["dataset"] == ["rf(seed=7)", "c" * 36]
+    assert (test["step"], test["of_model"]) == (0, True)
     assert val["values"] == {"val_accuracy": 0.85, "val_log_loss": 0.4}
     assert val["step"] == 300 and val["time_ms"] == later + 1
-    assert val["dataset"] == ["val", "b" * 36] and val["of_model"] is True
+    assert val["dataset"] == ["rf(seed=7)", "b" * 36] and val["of_model"] is True
     early = Validation({"val_accuracy": 0.85}, after_ms=now_ms() - 60_000, dataset="val")
     (_, val), stamp = _metric_records(outcome_records(_outcome(tmp_path, early),
                                                       log_model=False)), now_ms()
@@ -116,3 +118,21 @@ def test_summary_of_k_folds_shows_mean_and_std() -> None:
     assert "val, 3 folds (mean ± std)" in lines[header]
     assert lines[header + 1].split() == ["accuracy", "0.6000", "±", "0.0816", "0.9000"]
     assert not any("fold1" in line for line in lines)  # each fold's figures are in the run
+
+
+def test_inputs_are_named_after_their_source(tmp_path) -> None:
+    """A CSV's file name; generated data ``rf(seed=...)``, whose source names the generator
+    and its seed instead of copying the run's tags; the context stays the split's."""
+    outcome = _outcome(tmp_path, None)
+    (inputs,) = [r for r in outcome_records(outcome, log_model=False, data_seed=7)
+                 if r["k"] == "inputs"]
+    assert [(d["name"], d["context"]) for d in inputs["datasets"]] == [
+        ("rf(seed=7)", "train"), ("rf(seed=7)", "val"), ("rf(seed=7)", "test")]
+    assert all('"seed": "7"' in d["source"] and "mlflow.user" not in d["source"]
+               for d in inputs["datasets"])
+    csv = tmp_path / "patients.csv"
+    tables = [InputTable(t.context, t.frame, t.digest, "y", str(csv)) for t in outcome.inputs]
+    (inputs,) = [r for r in outcome_records(RunOutcome(**{**outcome.__dict__, "inputs": tables}),
+                                            log_model=False, data_seed=7) if r["k"] == "inputs"]
+    assert {d["name"] for d in inputs["datasets"]} == {"patients.csv"}
+    assert {d["source_type"] for d in inputs["datasets"]} == {"local"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -51,16 +52,39 @@ def _requirements() -> list[str]:
     ]
 
 
-def signature(features: Sequence[str], classes: Sequence[str]) -> ModelSignature:
-    """Raw feature columns (double) in; ``predicted_label`` (long for integer classes, else
-    string), ``probability`` and ``probability_<class>`` out."""
-    inputs = Schema([ColSpec("double", name) for name in features])
+def signature(classes: Sequence[str]) -> ModelSignature:
+    """``predicted_label`` (long for integer classes, else string), ``probability`` and
+    ``probability_<class>`` out. No input schema: the model checks its input itself
+    (pyfunc_model.py), where MLflow's check would drop unknown columns silently and quote
+    the whole request in its errors; the input example and the MLmodel's metadata
+    (``feature_names``) name the columns."""
     label_type = "long" if integer_classes(classes) else "string"
     outputs = Schema(
         [ColSpec(label_type, "predicted_label"), ColSpec("double", "probability")]
         + [ColSpec("double", f"probability_{c}") for c in classes]
     )
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    return ModelSignature(inputs=None, outputs=outputs)
+
+
+def input_example(checkpoint: Path, features: Sequence[str]) -> pd.DataFrame | None:
+    """A few raw rows for the model's ``input_example``: the training split's mean and one
+    standard deviation either side, from the checkpoint's normaliser. None when the
+    normaliser works on transformed features (``data.transforms``: its statistics are not
+    raw values) or the checkpoint does not hold it as expected."""
+    try:
+        meta = json.loads(checkpoint.read_text()).get("metadata")
+        normaliser = meta["normaliser"]
+        mean = np.asarray(normaliser["mean"], dtype=np.float64)
+        std = np.asarray(normaliser["std"], dtype=np.float64)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if meta.get("transforms") or mean.shape != (len(features),) or std.shape != mean.shape:
+        return None
+    rows = np.vstack([mean, mean - std, mean + std])
+    if not np.isfinite(rows).all():
+        return None
+    rounded = [[float(f"{value:.4g}") for value in row] for row in rows]
+    return pd.DataFrame(rounded, columns=list(features))
 
 
 def logged_model_id(store: Store, experiment_id: str, run_id: str, *,
@@ -86,6 +110,18 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """``logger``'s INFO lines held back (a run's output stays its own)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def log_model(store: Store, experiment_id: str, run_id: str, checkpoint: Path,
               features: Sequence[str], classes: Sequence[str], *, budget_s: float = 60.0) -> str:
     """Log ``model/`` for the run: code, checkpoint, the core's source, pins; return its id.
@@ -97,16 +133,21 @@ def log_model(store: Store, experiment_id: str, run_id: str, checkpoint: Path,
         # Model.log writes to the global store, and files the model under the global
         # experiment (not the run's) unless the environment names one.
         mlflow.set_tracking_uri(store.uri)
-        with warnings.catch_warnings(), _environment(MLFLOW_EXPERIMENT_ID=experiment_id):
-            # The signature is explicit; MLflow still nags for an input example.
-            warnings.filterwarnings("ignore", message=".*input example.*")
+        # "Validating input example against model signature": MLflow also predicts the
+        # example through the model, as a served request would be.
+        with warnings.catch_warnings(), _environment(MLFLOW_EXPERIMENT_ID=experiment_id), \
+                _quiet("mlflow.pyfunc"):
+            example = input_example(checkpoint, features)
+            if example is None:  # the signature is explicit; MLflow still nags for one
+                warnings.filterwarnings("ignore", message=".*input example.*")
             info = Model.log(
                 artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id,
                 python_model=str(MODEL_CODE),
                 artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
                 code_paths=[str(PROJECT_ROOT / "pipeline"), str(PROJECT_ROOT / "stages")],
                 pip_requirements=_requirements(),
-                signature=signature(features, classes),
+                signature=signature(classes), input_example=example,
+                metadata={"feature_names": list(features)},
             )
         return str(info.model_id)
 
@@ -174,13 +215,18 @@ def _lookup(store: Store, what: str, action: Callable[[], T], missing: str) -> T
 
 
 def _input_columns(model: str) -> list[str] | None:
-    """The column names of the model's input signature (None if it has none)."""
+    """The model's input column names: its signature's (models logged before the model
+    checked its own input), else its metadata's ``feature_names``; None if neither."""
     try:
         info = mlflow.models.get_model_info(model)
     except Exception:  # an unusual URI: serving reports what is wrong with it
         return None
     inputs = info.signature.inputs if info.signature is not None else None
     names = inputs.input_names() if inputs is not None else None
+    if names is None:
+        names = (info.metadata or {}).get("feature_names")  # untrusted: checked below
+    if not isinstance(names, list):
+        return None
     return [str(n) for n in names] if names and all(isinstance(n, str) for n in names) else None
 
 

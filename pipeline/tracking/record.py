@@ -52,6 +52,7 @@ DIGEST_TAGS = (DATA_DIGEST_TAG, "data.train_digest", "data.test_digest", "checkp
 ENVIRONMENT_TAGS = ("python_version", "platform", "blas", "blas_threads", "git_commit",
                     "git_dirty")
 THREADS_TAG = "train_threads"
+AUTO_OUTPUT = ("model.output", "auto")  # the param logged once the model is built
 REPRODUCES_TAG = "reproduces"
 REPRODUCED_TAG = "reproduced"
 
@@ -89,6 +90,7 @@ class TrainingPlan:
     last: int
     resumed_from: str | None = None  # train.resume_from as given (a path or a run id)
     checkpoint: Path | None = None
+    output: str | None = None  # the model's output layer as built (model.output=auto resolved)
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,15 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def spec_records(spec: RunSpec) -> list[dict[str, Any]]:
     """Params (the config flattened to dotted keys, tracking.* left out, and the seeds used)
-    and the tags that describe the run's environment."""
-    params = {k: v for k, v in flatten(spec.config).items() if not k.startswith("tracking.")}
+    and the tags that describe the run's environment.
+
+    Params are values as used: an unset one (None) is logged empty, and ``model.output=auto``
+    waits for :func:`plan_records`, which logs the output the model was built with (a param
+    cannot change once logged). The stored config keeps the user's values."""
+    params = {k: "" if v is None else v for k, v in flatten(spec.config).items()
+              if not k.startswith("tracking.")}
+    if params.get(AUTO_OUTPUT[0]) == AUTO_OUTPUT[1]:
+        del params[AUTO_OUTPUT[0]]
     params.update({f"seeds.{k}": v for k, v in spec.seeds.items()})
     tags = {**spec.environment, CONFIG_DIGEST_TAG: spec.config_digest,
             "output_dir": str(spec.output_dir),
@@ -204,6 +213,8 @@ def data_records(data: DataSummary) -> list[dict[str, Any]]:
 def plan_records(plan: TrainingPlan, max_points: int | None) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = [{"k": "plan", "first": plan.first, "last": plan.last,
                                       "max_points": max_points}]
+    if plan.output is not None:  # the same value again when the user chose it: harmless
+        records.append({"k": "params", "params": {AUTO_OUTPUT[0]: plan.output}})
     if plan.resumed_from is not None:
         records.append({"k": "tags", "tags": {
             RESUMED_FROM_TAG: plan.resumed_from,
@@ -211,30 +222,51 @@ def plan_records(plan: TrainingPlan, max_points: int | None) -> list[dict[str, A
     return records
 
 
-def _dataset(table: InputTable) -> dict[str, Any]:
+def dataset_name(source: str | None, data_seed: int | None) -> str:
+    """An input table's dataset name: its CSV file's name, or ``rf(seed=<data seed>)`` for
+    the RF data generated in code (its splits share the name; the context tells them apart)."""
+    return Path(source).name if source is not None else f"rf(seed={data_seed})"
+
+
+def _generated_tags(data_seed: int | None) -> dict[str, str]:
+    """The tags of generated data's code source: the generator and its seed (MLflow's own
+    default would copy the run's tags)."""
+    return {"mlflow.source.name": "stages/generate.py", "generator": "generate_rf",
+            "seed": str(data_seed)}
+
+
+def _dataset(table: InputTable, data_seed: int | None) -> dict[str, Any]:
     """The MLflow dataset entity of one input table, as plain values."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.pandas_dataset import from_pandas
 
+    # A CSV's path resolves to MLflow's local source; generated data gets its own code source
+    # (with source=None MLflow would take the run's context tags).
+    source = table.source if table.source is not None else CodeDatasetSource(
+        _generated_tags(data_seed))
     with warnings.catch_warnings():  # integer label columns are fine here
         warnings.simplefilter("ignore", UserWarning)
-        entity = from_pandas(table.frame, source=table.source, targets=table.targets,
-                             name=table.context, digest=table.digest[:36])._to_mlflow_entity()
+        entity = from_pandas(table.frame, source=source, targets=table.targets,
+                             name=dataset_name(table.source, data_seed),
+                             digest=table.digest[:36])._to_mlflow_entity()
     return {"name": entity.name, "digest": entity.digest, "source_type": entity.source_type,
             "source": entity.source, "schema": entity.schema, "profile": entity.profile,
             "context": table.context}
 
 
-def outcome_records(outcome: RunOutcome, *, log_model: bool) -> list[dict[str, Any]]:
-    """What a finished run adds but its files: result digests, inputs, the model, the test
-    metrics (also the model's, measured on the test input), the final validation figures
-    (see :class:`Validation`) and the stage times."""
+def outcome_records(outcome: RunOutcome, *, log_model: bool,
+                    data_seed: int | None = None) -> list[dict[str, Any]]:
+    """What a finished run adds but its files: result digests, inputs (named by
+    :func:`dataset_name`, ``data_seed``: the run's data seed), the model, the test metrics
+    (also the model's, measured on the test input), the final validation figures (see
+    :class:`Validation`) and the stage times."""
     stamp = now_ms()
-    tested_on = _input(outcome, "test")
+    tested_on = _input(outcome, "test", data_seed)
     records: list[dict[str, Any]] = [
         {"k": "tags", "tags": {"checkpoint_sha256": outcome.checkpoint_sha256,
                                "predictions_sha256": outcome.predictions_sha256,
                                "epochs_run": str(outcome.epochs_run)}},
-        {"k": "inputs", "datasets": [_dataset(table) for table in outcome.inputs]},
+        {"k": "inputs", "datasets": [_dataset(table, data_seed) for table in outcome.inputs]},
     ]
     if log_model and outcome.model is not None:
         records.append({"k": "model", "checkpoint": str(outcome.model.checkpoint),
@@ -244,23 +276,25 @@ def outcome_records(outcome: RunOutcome, *, log_model: bool) -> list[dict[str, A
                     "time_ms": stamp, "of_model": log_model and outcome.model is not None,
                     "dataset": tested_on})
     if outcome.validation is not None:
-        records.append(_validation_record(outcome, outcome.validation, log_model, stamp))
+        records.append(_validation_record(outcome, outcome.validation, log_model, stamp,
+                                          data_seed))
     records.append({"k": "metrics", "values": {f"time_{stage}_s": seconds for stage, seconds
                                                in outcome.timings.items()},
                     "step": 0, "time_ms": stamp, "of_model": False, "dataset": None})
     return records
 
 
-def _input(outcome: RunOutcome, context: str) -> list[str] | None:
+def _input(outcome: RunOutcome, context: str, data_seed: int | None) -> list[str] | None:
     """[name, digest] of the run's input table ``context``, as a metric's dataset."""
-    return next(([context, t.digest[:36]] for t in outcome.inputs if t.context == context),
-                None)
+    return next(([dataset_name(t.source, data_seed), t.digest[:36]]
+                 for t in outcome.inputs if t.context == context), None)
 
 
 def _validation_record(outcome: RunOutcome, validation: Validation, log_model: bool,
-                       stamp: int) -> dict[str, Any]:
+                       stamp: int, data_seed: int | None) -> dict[str, Any]:
     """The final validation figures at the last epoch, stamped after it (see Validation)."""
-    measured_on = None if validation.dataset is None else _input(outcome, validation.dataset)
+    measured_on = (None if validation.dataset is None
+                   else _input(outcome, validation.dataset, data_seed))
     return {"k": "metrics", "values": dict(validation.metrics),
             "step": outcome.last_epoch or 0,
             "time_ms": max(stamp, int(validation.after_ms) + 1),
