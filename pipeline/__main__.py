@@ -40,7 +40,10 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline.config import paths  # noqa: F401  (registers ${project_root:})
-from pipeline.config.schema import validate  # (importing it gives Hydra the optimisers' options)
+from pipeline.config.schema import (  # importing it gives Hydra the optimisers' options
+    typo_line,
+    validate,
+)
 from pipeline.errors import ConfigError, PipelineError, Terminated
 from pipeline.sweeps.callback import (
     finish_open_sweep,
@@ -115,7 +118,8 @@ def main(cfg: DictConfig) -> float | None:
             sys.stderr.flush()
             os._exit(143 if isinstance(stop, Terminated) else 130)
         raise
-    print(format_summary(result), flush=True)
+    if not in_sweep or config.sweep.verbose:  # a sweep's job prints one line at its end
+        print(format_summary(result), flush=True)
     return result.metrics.get(config.sweep.metric)  # what a sweeper (Optuna) optimises
 
 
@@ -165,7 +169,11 @@ TRACEBACKS_ENV = "PIPELINE_TRACEBACKS"
 
 def compose_error_line(error: BaseException) -> str:
     """Hydra's multi-line message for a config it cannot compose (a key that does not exist,
-    an option that is not there, an override it cannot parse) as one line."""
+    an option that is not there, an override it cannot parse) as one line: a key or an
+    option that does not exist is answered with the closest valid ones."""
+    typo = typo_line(error)
+    if typo is not None:
+        return typo
     text = "\n".join(str(e) for e in (error, error.__cause__) if e is not None and str(e))
     parts: list[str] = []
     options: list[str] | None = None

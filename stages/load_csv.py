@@ -176,17 +176,22 @@ def check_csv_path(path: str | os.PathLike[str]) -> None:
 
 @dataclass(frozen=True)
 class _FileScan:
-    """What the checking pass learned: the first rows' text and an upper bound on rows."""
+    """What the checking pass learned: the first rows' text, an upper bound on rows (0 for
+    a scan of the head alone), and whether it read the whole file."""
 
     head: str
     max_rows: int
+    complete: bool = True
 
 
-def _scan_file(path: str | os.PathLike[str], shown: str) -> _FileScan:
+def _scan_file(path: str | os.PathLike[str], shown: str, *, head_only: bool = False
+               ) -> _FileScan:
     """One pass over the bytes: NUL, UTF-8, blank, line breaks, the first ~1000 rows.
 
     Memory: one read block plus the first rows' text. A NUL byte anywhere wins over an
     undecodable byte, which wins over an empty file (as when the whole file was decoded).
+    ``head_only``: stop once the first rows are read (or a byte is undecodable); the checks
+    then cover what was read.
     """
     check_csv_path(path)
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -227,18 +232,28 @@ def _scan_file(path: str | os.PathLike[str], shown: str) -> _FileScan:
                     head_done = head_lines > _SAMPLE_ROWS + 1
             if not block:
                 break
+            if head_only and undecodable is not None:
+                _undecodable(shown, *undecodable)
+            if head_only and head_done:
+                return _FileScan(head=_whole_rows("".join(head)), max_rows=0, complete=False)
     if undecodable is not None:
-        at, byte = undecodable
-        raise DataError(
-            f"data.path: {shown} is not UTF-8 text (byte 0x{byte:02x} at offset {at} cannot "
-            "be decoded); save it as UTF-8 CSV"
-        )
+        _undecodable(shown, *undecodable)
     if blank:
         raise DataError(f"data.path: {shown} is empty; point data.path at a CSV with rows")
     text = "".join(head)
-    if head_done:  # cut a row that may be incomplete
-        text = text[: max(text.rfind("\n"), text.rfind("\r")) + 1]
-    return _FileScan(head=text, max_rows=breaks + 1)
+    return _FileScan(head=_whole_rows(text) if head_done else text, max_rows=breaks + 1)
+
+
+def _whole_rows(text: str) -> str:
+    """``text`` up to its last line break: a row the read cut short is left out."""
+    return text[: max(text.rfind("\n"), text.rfind("\r")) + 1]
+
+
+def _undecodable(shown: str, at: int, byte: int) -> NoReturn:
+    raise DataError(
+        f"data.path: {shown} is not UTF-8 text (byte 0x{byte:02x} at offset {at} cannot "
+        "be decoded); save it as UTF-8 CSV"
+    )
 
 
 # ---------------------------------------------------------------- delimiter
@@ -732,8 +747,23 @@ def _label_position(
 # ---------------------------------------------------------------- errors and labels
 
 
+def _raise_header_only(shown: str, line: int) -> NoReturn:
+    raise DataError(
+        f"data.path: {shown} has a header (line {line}) but no data rows; "
+        "add rows, or set data.header=false if that line is data"
+    )
+
+
+def _raise_single_column(shown: str, delimiter: str) -> NoReturn:
+    raise DataError(
+        f"data.path: {shown} has a single column, so no features; it needs feature "
+        f"columns and a label column (check data.delimiter: {delimiter!r} was used)"
+    )
+
+
 def _raise_bad_feature(
-    name: str, bad: _BadValues, line: int, decimal: str, first_is_data: bool
+    name: str, bad: _BadValues, line: int, decimal: str, first_is_data: bool,
+    counted: str = "in that column",
 ) -> NoReturn:
     value = bad.value
     if decimal == "." and "," in value and _is_number(value, ","):
@@ -751,7 +781,7 @@ def _raise_bad_feature(
         if bad.row == 0 and first_is_data else ""
     raise DataError(
         f"data.path: column {name!r} has non-numeric value {value!r} at line {line} "
-        f"({_plural(bad.count, 'such value')} in that column); features must be numbers: "
+        f"({_plural(bad.count, 'such value')} {counted}); features must be numbers: "
         f"fix the file,{hint} or set data.label_column if this is the label column"
     )
 
@@ -900,16 +930,10 @@ def load_csv(
         has_header = bool(header)
     names = _header_names(first) if has_header else None
     if has_header and columns.n_rows == 1:
-        raise DataError(
-            f"data.path: {shown} has a header (line {lines.of([0])[0]}) but no data rows; "
-            "add rows, or set data.header=false if that line is data"
-        )
+        _raise_header_only(shown, lines.of([0])[0])
     n_columns = columns.n_columns
     if n_columns < 2:
-        raise DataError(
-            f"data.path: {shown} has a single column, so no features; it needs feature "
-            f"columns and a label column (check data.delimiter: {delimiter!r} was used)"
-        )
+        _raise_single_column(shown, delimiter)
     label_at = _label_position(label_column, names, n_columns)
     if label_at != columns.label_at:  # cannot happen: the label was placed from row 0
         raise AssertionError(f"label column {label_at} != {columns.label_at}")
@@ -940,3 +964,83 @@ def load_csv(
         label_name=label_name,
         classes=classes,
     )
+
+
+
+# ---------------------------------------------------------------- before any work
+
+
+def precheck_csv(
+    path: str | os.PathLike[str],
+    *,
+    label_column: str | int | None = None,
+    header: Literal["auto"] | bool = "auto",
+    delimiter: str | None = None,
+    decimal: str = ".",
+) -> None:
+    """Refuse, from the file's first rows alone, what :func:`load_csv` would refuse: the
+    path, the text, the delimiter, the header and the label column, and a feature value
+    that is not a number (decimal commas included). Cheap (the ~1000 rows load_csv decides
+    the delimiter and header from), so a caller runs it before starting any work.
+
+    The same rules and messages as load_csv, checked in its order; what needs every row
+    (ragged rows, missing values, the classes) is left to load_csv, which checks it all
+    again. Raises DataError; returning says only that the first rows hold no problem.
+    """
+    shown = repr(str(path))
+    scan = _scan_file(path, shown, head_only=True)
+    delimiter = delimiter or _detect_delimiter(scan.head, shown, decimal)
+    rows = _sample_rows(scan.head, delimiter)
+    if not rows:  # blank fields only, a parse error or a ragged row: load_csv's to report
+        return
+    first = [f.strip() for f in rows[0][1]]
+    n_columns = len(first)
+    if header == "auto":
+        could_be = _could_be_header(first, decimal)
+        repeated = could_be and any(
+            row[j].strip() == first[j] for _, row in rows[1:] for j in range(n_columns)
+            if not _is_missing(first[j]))
+        has_header = could_be and not repeated
+        # A header the rows below refute (rule c) may be refuted past the first rows.
+        certain = not has_header or scan.complete
+    else:
+        has_header, certain = bool(header), True
+    names = None
+    if has_header:
+        names = _header_names(first) if certain else [f or f"x{j}" for j, f in enumerate(first)]
+        if certain and len(rows) == 1:
+            _raise_header_only(shown, rows[0][0])
+    if n_columns < 2:
+        _raise_single_column(shown, delimiter)
+    label_at = _label_position(label_column, names, n_columns)
+    data = rows[1:] if has_header else rows
+    counted = "in that column" if scan.complete else f"in its first {len(data)} rows"
+    for j in (j for j in range(n_columns) if j != label_at):
+        bad = [(line, row[j].strip()) for line, row in data
+               if not _is_number(row[j].strip(), decimal) and not _is_missing(row[j].strip())]
+        if bad:
+            line, value = bad[0]
+            name = names[j] if names is not None else f"x{j - (j > label_at)}"
+            found = _BadValues(count=len(bad), row=0 if line == rows[0][0] else 1, value=value)
+            _raise_bad_feature(name, found, line, decimal, not has_header, counted)
+
+
+def _sample_rows(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
+    """The first non-blank rows of the sample (a header and 1000 rows) with the line each
+    starts on, as load_csv's readers split them; [] if a row has another field count than
+    the first or cannot be parsed."""
+    rows: list[tuple[int, list[str]]] = []
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    previous = 0
+    try:
+        for row in reader:
+            if not _is_blank_row(row):
+                if rows and len(row) != len(rows[0][1]):
+                    return []
+                rows.append((previous + 1, row))
+                if len(rows) > _SAMPLE_ROWS:
+                    break
+            previous = reader.line_num
+    except csv.Error:
+        return []
+    return rows

@@ -168,7 +168,7 @@ def test_schema_import_does_not_import_mlflow() -> None:
     ("args", "fragment"),
     [
         (["optimizer.lr=-1"], "optimizer.lr: got -1"),
-        (["optimizer=adagrad"], "optimizer/adagrad"),
+        (["optimizer=adagrad"], "optimizer=adagrad: no such option"),
         (["train.epochs=abc"], "train.epochs"),
     ],
 )
@@ -182,3 +182,77 @@ def test_cli_config_error_is_one_line_without_traceback(tmp_path, args, fragment
     assert fragment in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "m.db").exists()  # failed before the store was touched
+
+
+# -- typos: the closest valid keys, the setting that fixes it ---------------------------------
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epoch=100", "unknown key 'train.epoch'; did you mean 'train.epochs'?"),
+        ("optimizer.lrr=0.1", "unknown key 'optimizer.lrr'; did you mean 'optimizer.lr'?"),
+        ("model.hidden_size=[3]",
+         "unknown key 'model.hidden_size'; did you mean 'model.hidden_sizes'?"),
+        ("traine.epochs=3", "unknown key 'traine.epochs'; did you mean 'train.epochs'?"),
+        ("optimizer.beta=0.9", "unknown key 'optimizer.beta'; did you mean 'optimizer.beta1' "
+                               "or 'optimizer.beta2' (with optimizer=adam)?"),
+        ("data.path=x.csv", "data.path: a key of data=csv, not of the data chosen: add "
+                            "data=csv"),
+        ("optimizer=adamm", "optimizer=adamm: no such option; did you mean 'adam'? options: "
+                            "adam, momentum, rmsprop, sgd"),
+        ("experiment=rustnet", "experiment=rustnet: no such option; did you mean "
+                               "'rustnet_rf' or 'rustnet_csv'? options: rustnet_csv, rustnet_rf"),
+    ],
+)
+def test_a_typo_is_answered_with_the_closest_valid_keys(compose_cfg, override: str,
+                                                        expected: str) -> None:
+    from pipeline.__main__ import compose_error_line
+
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose_cfg(override)
+    assert compose_error_line(caught.value) == expected
+
+
+def test_a_free_form_mapping_keeps_hydras_advice(compose_cfg) -> None:
+    """tags.<name> is no typo: Hydra's own advice (+tags.team=ml) is the right one."""
+    from pipeline.__main__ import compose_error_line
+
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose_cfg("tags.team=ml")
+    assert "+tags.team=ml" in compose_error_line(caught.value)
+
+
+def test_an_appended_unknown_key_gets_the_same_answer(compose_cfg) -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate(compose_cfg("+train.epoch=3"))
+    assert str(caught.value) == "unknown key 'train.epoch'; did you mean 'train.epochs'?"
+
+
+def test_csv_without_path_says_what_to_set(compose_cfg) -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate(compose_cfg("data=csv"))
+    assert "data.path=<file.csv>" in str(caught.value)
+    assert "spelling" not in str(caught.value)
+
+
+def test_help_is_the_projects_and_explains_each_group() -> None:
+    done = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True,
+                          text=True, cwd=PROJECT_ROOT, timeout=120, check=True)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("mlp-pipeline"), lines[:3]
+    assert "powered by Hydra" not in done.stdout and "__main__" not in done.stdout
+    assert "optimizer/options" not in done.stdout
+    groups = {p.parent.name: sorted(q.stem for q in p.parent.glob("*.yaml"))
+              for p in CONF_DIR.glob("*/*.yaml") if p.parent.name != "hydra"}
+    for group, options in groups.items():  # each group listed, with its options and a text
+        (at,) = [i for i, line in enumerate(lines) if line.lstrip().startswith(f"{group}=")]
+        listed, *text = lines[at].split()
+        assert listed == f"{group}=" + "|".join(options), lines[at]
+        assert len(text or lines[at + 1].split()) > 3, lines[at:at + 2]  # explained
+
+
+def test_a_key_typo_on_the_command_line_is_one_line(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "train.epoch=100", f"hydra.run.dir={tmp_path}/out"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "unknown key 'train.epoch'; did you mean 'train.epochs'?"

@@ -15,18 +15,22 @@ This module imports neither MLflow nor the stages, so a bad config is reported f
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import itertools
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
+from hydra.errors import MissingConfigException
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
+from pipeline.config.addresses import ui_url_problem
 from pipeline.errors import ConfigError
 from pipeline.mlp import (
     ACTIVATIONS,
@@ -163,9 +167,7 @@ class CSVDataConfig:
 
     def __post_init__(self) -> None:
         if not self.path or self.path == "???":
-            raise ConfigError(
-                "data.path: missing; data=csv needs a file. Fix: data.path=/path/to/file.csv"
-            )
+            raise ConfigError(MISSING_HINTS["data.path"])
         # Recorded absolute, so a rerun from any directory reads the same file.
         self.path = str(Path(self.path).expanduser().absolute())
         if self.label_column is not None and (isinstance(self.label_column, bool)
@@ -241,14 +243,15 @@ class OptimizerConfig:
 
 
 def register_optimizer_options() -> None:
-    """Give Hydra each registered optimiser's own options with the core's defaults, as
-    ``optimizer/options/<name>``: ``conf/optimizer/<name>.yaml`` starts from it, so
-    ``optimizer.beta2=0.99`` overrides a key the config already has."""
+    """Give Hydra each registered optimiser's own options with the core's defaults, as the
+    config ``optimizer_options_<name>``: ``conf/optimizer/<name>.yaml`` starts from it, so
+    ``optimizer.beta2=0.99`` overrides a key the config already has. Stored outside any
+    config group: in one, they would be a group of their own that ``--help`` lists."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     for name, optimizer in OPTIMIZERS.items():
-        store.store(group="optimizer/options", name=name, node=dict(optimizer.defaults))
+        store.store(name=f"optimizer_options_{name}", node=dict(optimizer.defaults))
 
 
 def optimizer_schema(name: str) -> type:
@@ -324,6 +327,7 @@ class TrackingConfig:
     plots: bool = MISSING
     mode: str = MISSING
     max_points: int | None = MISSING
+    ui_url: str | None = None  # a config recorded before the setting existed: as before
 
     def __post_init__(self) -> None:
         if not self.experiment.strip():
@@ -336,6 +340,8 @@ class TrackingConfig:
         if self.max_points is not None and self.max_points < 10:
             _fail("tracking.max_points", self.max_points, "must be an integer >= 10, or null "
                   "to send every epoch to the store")
+        if self.ui_url is not None and (problem := ui_url_problem(self.ui_url)):
+            _fail("tracking.ui_url", self.ui_url, problem)
 
 
 # What the evaluate stage reports for a split, without the split's prefix (``test_``, and
@@ -363,6 +369,9 @@ class SweepConfig:
     max_failures: int | None = MISSING
     child_record: str = MISSING
     tie_metric: str = MISSING
+    # Each job's metrics table and confusion matrix on the console; a default, not MISSING:
+    # configs stored before the setting existed still validate.
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("sweep.metric", self.metric, METRICS)
@@ -448,6 +457,101 @@ def training_settings(config: Config, **given: Any) -> TrainSettings:
         raise ConfigError(f"train: {error}") from None
 
 
+# What a key that has no default needs, in the user's words.
+MISSING_HINTS = {
+    "data.path": "data.path: not set; data=csv reads a CSV file: add data.path=<file.csv>",
+}
+
+
+def schema_keys() -> dict[str, tuple[str, ...]]:
+    """Every key the config takes, dotted (``train.epochs``), with the options of its group
+    that have it (``optimizer.beta2``: ``("adam",)``; empty: every option, or no group)."""
+    keys: dict[str, tuple[str, ...]] = {}
+    hints = get_type_hints(Config)
+    for top in fields(Config):
+        if top.name in GROUP_SCHEMAS:
+            schemas = GROUP_SCHEMAS[top.name]()
+        elif is_dataclass(hints[top.name]):
+            schemas = {"": hints[top.name]}
+        else:
+            keys[top.name] = ()
+            continue
+        owners: dict[str, list[str]] = {}
+        for option, schema in schemas.items():
+            for sub in fields(schema):
+                owners.setdefault(f"{top.name}.{sub.name}", []).append(option)
+        for key, found in owners.items():
+            keys[key] = () if len(found) == len(schemas) else tuple(found)
+    return keys
+
+
+def unknown_key_line(key: str) -> str | None:
+    """One line for a key the config does not take: the option of its group that has it,
+    else the closest valid keys (None: a key under a free-form mapping such as ``tags``,
+    where Hydra's ``+key=value`` advice is right, or one of Hydra's own)."""
+    keys = schema_keys()
+    head = key.split(".", 1)[0]
+    if head == "hydra" or (head in keys and head != key):  # hydra.*, tags.<name>
+        return None
+    if keys.get(key):
+        options = " / ".join(f"{head}={option}" for option in keys[key])
+        return f"{key}: a key of {options}, not of the {head} chosen: add {head}={keys[key][0]}"
+    section = [k.split(".", 1)[1] for k in keys if k.startswith(f"{head}.")]
+    if section:  # a known section: the closest of its own keys
+        close = [f"{head}.{leaf}" for leaf in closest(key.split(".", 1)[-1], section)]
+    else:
+        close = closest(key, list(keys))
+    if close:
+        return f"unknown key {key!r}; did you mean {_with_options(close, keys)}?"
+    known = section or sorted({k.split(".", 1)[0] for k in keys})
+    return f"unknown key {key!r}; " + (f"{head} takes " if section else "the config takes ") + \
+        ", ".join(known)
+
+
+def typo_line(error: BaseException) -> str | None:
+    """One line for Hydra's error on an option (``optimizer=adamm``) or a key
+    (``train.epoch=100``) that does not exist, naming the closest valid ones; None for any
+    other error. Hydra's advice to append the key (``+train.epoch=100``) is left out: the
+    schema would refuse it next."""
+    if isinstance(error, MissingConfigException) and error.options:
+        group, _, option = str(error.missing_cfg_file or "").rpartition("/")
+        if group:
+            options = sorted(error.options)
+            close = closest(option, options)
+            guess = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            return f"{group}={option}: no such option; {guess}options: {', '.join(options)}"
+    found = re.match(r"Could not override '([^']+)'\.\n", str(error))
+    if found and "is not in struct" in str(error.__cause__):
+        return unknown_key_line(found.group(1))
+    return None
+
+
+def closest(word: str, candidates: list[str]) -> list[str]:
+    """The candidates closest to ``word`` (difflib's ratio >= 0.6) and as close as the best,
+    else those that start with it (``label`` -> ``label_column``)."""
+    def ratio(candidate: str) -> float:
+        return difflib.SequenceMatcher(None, word, candidate).ratio()
+
+    close = difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
+    if not close:
+        return [c for c in candidates if c.startswith(word)][:3]
+    best = ratio(close[0])
+    return sorted((c for c in close if ratio(c) >= best - 0.05), key=lambda c: (-ratio(c), c))
+
+
+def _with_options(matches: list[str], keys: Mapping[str, tuple[str, ...]]) -> str:
+    """'a' or 'b', each with the option it needs: '(with optimizer=adam)' once at the end
+    when every match needs the same."""
+    def needs(match: str) -> str:
+        return " or ".join(f"{match.split('.', 1)[0]}={o}" for o in keys[match])
+
+    shown = [repr(match) for match in matches]
+    if all(keys[m] for m in matches) and len({needs(m) for m in matches}) == 1:
+        return " or ".join(shown) + f" (with {needs(matches[0])})"
+    return " or ".join(f"{s} (with {needs(m)})" if keys[m] else s
+                       for s, m in zip(shown, matches, strict=True))
+
+
 def _one_line(error: OmegaConfBaseException) -> str:
     """Turn an OmegaConf error into 'key: problem' on one line."""
     key = getattr(error, "full_key", None) or "config"
@@ -481,6 +585,11 @@ def _structured(schema: type, node: Any, prefix: str) -> Any:
         wrong_type = _float_for_integer(key, error)
         if wrong_type is not None:
             raise ConfigError(wrong_type) from None
+        if isinstance(error, MissingMandatoryValue):
+            raise ConfigError(MISSING_HINTS.get(key, f"{key}: not set; set {key}=<value>")
+                              ) from None
+        if isinstance(error, ConfigKeyError):  # a key appended with +key=value
+            raise ConfigError(unknown_key_line(key) or message) from None
         raise ConfigError(message + ". Check the key's spelling and type in conf/") from None
 
 
@@ -534,6 +643,11 @@ def _exit_call(stop: SystemExit) -> str:
 
 DATA_SCHEMAS: dict[str, Callable[[str], type]] = {"rf": lambda _: RFDataConfig,
                                                   "csv": lambda _: CSVDataConfig}
+# The groups whose schema depends on the option chosen: each option's schema, by name.
+GROUP_SCHEMAS: dict[str, Callable[[], dict[str, type]]] = {
+    "data": lambda: {name: schema(name) for name, schema in DATA_SCHEMAS.items()},
+    "optimizer": lambda: {name: optimizer_schema(name) for name in OPTIMIZERS},
+}
 
 
 def validate_data(node: Any) -> RFDataConfig | CSVDataConfig:

@@ -31,9 +31,9 @@ from pipeline.config.schema import Config
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.files import digest_file, write_text_atomic
 from pipeline.run.datastore import StageCache, cache_key, read_dataset, write_dataset
-from stages.dataset import Dataset
+from stages.dataset import DataError, Dataset
 from stages.generate import generate_rf
-from stages.load_csv import DroppedRowsWarning, check_csv_path, load_csv
+from stages.load_csv import DroppedRowsWarning, check_csv_path, load_csv, precheck_csv
 from stages.normalise import NormalisedSplits
 from stages.preprocess import Preprocessor, preprocess
 from stages.split import Splits, split_dataset
@@ -276,6 +276,20 @@ def check_transforms(config: Config) -> tuple[TransformSpec, ...]:
                 "being run (__main__), which a rerun or the served model cannot import; "
                 f"register it in a module and name it: {PLUGIN_HINT}")
     return specs
+
+
+def check_input_file(config: Config) -> None:
+    """Before any run exists: what the config and the CSV's first rows tell of it (the path,
+    text, delimiter, header, label column, decimal mark), by load_csv's own rules. Raises
+    PipelineError (one line); the full load later checks every row again."""
+    data = config.data
+    if data.source != "csv":
+        return
+    try:
+        precheck_csv(resolve_path(data.path), label_column=data.label_column,
+                     header=data.header, delimiter=data.delimiter, decimal=data.decimal)
+    except DataError as error:
+        raise PipelineError(str(error)) from None
 
 
 @dataclass
