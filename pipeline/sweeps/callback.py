@@ -38,11 +38,13 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +57,20 @@ from pipeline.config.schema import SweepConfig, validate_sweep
 from pipeline.errors import PipelineError, Terminated
 from pipeline.interrupts import signals_held
 from pipeline.sweeps.composition import check_jobs_cheaply, compose_by_shape
-from pipeline.sweeps.job import NOT_STARTED, job_environment, stop_with_launcher
+from pipeline.sweeps.job import (
+    KEPT,
+    NOT_STARTED,
+    job_context,
+    job_environment,
+    stop_with_launcher,
+)
+from pipeline.sweeps.output import (
+    console_warnings_only,
+    hide_launch_lines,
+    job_line,
+    quiet_console,
+)
+from pipeline.sweeps.preflight import check_jobs
 from pipeline.sweeps.selection import check_selection
 from pipeline.tracking import record as names
 
@@ -110,6 +125,10 @@ class SweepCallback(Callback):
         except PipelineError as error:
             print(error, file=sys.stderr)
             raise SystemExit(1) from None
+        refusal = check_jobs(config, search_space)
+        if refusal is not None:  # every job would fail before its run: no parent run either
+            print(refusal, file=sys.stderr)
+            raise SystemExit(1)
         if biased:
             log.warning("%s", biased)
         # Parallel workers import MLflow while this process creates the parent run.
@@ -126,7 +145,7 @@ class SweepCallback(Callback):
             # the middle, it would leave a parent RUNNING that nothing closes).
             with signals_held():
                 _open = SweepParent(
-                    uri=tracking.get("uri"),
+                    uri=tracking.get("uri"), ui_url=tracking.get("ui_url"),
                     experiment=tracking.get("experiment", "mlp-pipeline"), name=name[:250],
                     tags={"sweep_dir": str(sweep_dir), "overrides": " ".join(overrides)[:5000],
                           names.SWEEP_OVERRIDES_TAG: json.dumps(overrides)[:8000],
@@ -144,14 +163,20 @@ class SweepCallback(Callback):
                      "plots": bool(tracking.get("plots", True))}
         _open_settings.update(sweep_dir=sweep_dir, max_failures=sweep.max_failures,
                               started=started, complete_best=completes
-                              if sweep.child_record == "lean" else None)
+                              if sweep.child_record == "lean" else None,
+                              verbose=sweep.verbose)
+        hide_launch_lines(not sweep.verbose)  # each job's own line says what it ran
         env = job_environment(parent_run_id=_open.run_id, parent_journal_id=_open.journal_id,
                               threads=_threads_per_job(config), launcher_pid=os.getpid(),
-                              started=started, identity=_open.identity)
+                              started=started, identity=_open.identity,
+                              swept=_swept_keys(config, search_space))
+        if not tracking.get("uri") and _open.store is not None:
+            # The store MLFLOW_TRACKING_URI named: a Ray cluster's jobs do not inherit it.
+            env["MLFLOW_TRACKING_URI"] = _open.store.uri
         hydra_overrides = config.hydra.overrides.hydra
         with open_dict(config):
             for key, value in env.items():
-                hydra_overrides.append(f"++hydra.job.env_set.{key}={value}")
+                hydra_overrides.append(f"++hydra.job.env_set.{key}={_override_value(value)}")
                 OmegaConf.update(config, f"hydra.job.env_set.{key}", value, force_add=True)
         if past is not None:
             print(f"Resuming sweep {_open.run_id}: finished configurations are kept, the "
@@ -167,12 +192,96 @@ class SweepCallback(Callback):
         if not _waits_for_workers(config):
             wait_for_workers()
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """In the job's process: note when the job started; without ``sweep.verbose``, its
+        step-by-step lines stay in its log file (warnings still show)."""
+        global _job_watch
+        job = job_context()  # set for this job's callbacks and task (hydra.job.env_set)
+        if job is None:  # a single run
+            return
+        quiet = OmegaConf.select(config, "sweep.verbose", default=False) is not True
+        if quiet:
+            quiet_console()
+        _job_watch = _JobWatch(time.monotonic(), time.time(), job.swept, job.started, quiet)
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        """In the job's process: the job's one line (see :func:`_job_outcome`)."""
+        global _job_watch
+        watch, _job_watch = _job_watch, None
+        if watch is None:
+            return
+        if watch.quiet:
+            quiet_console(False)
+        swept = set(watch.swept)
+        values = [str(o) for o in config.hydra.overrides.task if _key(str(o)) in swept]
+        metric = str(OmegaConf.select(config, "sweep.metric", default="") or "")
+        status, value = _job_outcome(job_return, Path(str(config.hydra.runtime.output_dir)),
+                                     watch)
+        print(job_line(int(config.hydra.job.num), values, metric, value, status,
+                       time.monotonic() - watch.monotonic), flush=True)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         check_jobs_cheaply(False)
         compose_by_shape(False)
         failed = finish_open_sweep()
         if failed:
             raise SystemExit(1)
+
+
+@dataclass(frozen=True)
+class _JobWatch:
+    """A job of this process's, from its start: for its line at its end."""
+
+    monotonic: float
+    wall: float  # seconds since the epoch
+    swept: tuple[str, ...]
+    sweep_started: str  # as handed down (ms since the epoch)
+    quiet: bool
+
+
+_job_watch: _JobWatch | None = None
+
+
+def _job_outcome(job_return: Any, output_dir: Path, watch: _JobWatch
+                 ) -> tuple[str, float | None]:
+    """A job's status and its ``sweep.metric`` value, from what the job returned (the
+    metric; None when its run failed, its error printed) and the marks
+    :func:`pipeline.sweeps.job.job_gate` leaves in its folder for a job it skipped."""
+    from hydra.core.utils import JobStatus
+
+    if job_return is None or job_return.status != JobStatus.COMPLETED:
+        return "FAILED", None
+    value = job_return.return_value
+    value = float(value) if isinstance(value, int | float) else None
+    with contextlib.suppress(OSError, ValueError):
+        first, message = (output_dir / NOT_STARTED).read_text().split("\n")[:2]
+        if first == watch.sweep_started:
+            return message, None
+    with contextlib.suppress(OSError):
+        kept = output_dir / KEPT
+        if kept.stat().st_mtime >= watch.wall - 1:  # this job's, not a reused folder's
+            run_id = kept.read_text().strip()
+            return f"kept: this configuration finished before as run {run_id}", value
+    return ("FINISHED", value) if value is not None else ("FAILED", None)
+
+
+def _swept_keys(config: DictConfig, search_space: dict[str, str]) -> list[str]:
+    """The keys the sweep varies: its sweep overrides (``a=1,2``, ``range(...)``, ...) and
+    Optuna's search space."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = [str(o) for o in config.hydra.overrides.task]
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(task)
+            if o.is_sweep_override()]
+    return [*keys, *(key for key in search_space if key not in keys)]
+
+
+def _override_value(value: str) -> str:
+    """``value`` as the value of a Hydra override: quoted unless plain (a list of keys has
+    commas, which the override grammar reads as a sweep)."""
+    if re.fullmatch(r"[\w./-]*", value):
+        return value
+    return "'" + value.replace("'", "\\'") + "'"
 
 
 def _sweeper(config: DictConfig) -> str:
@@ -483,17 +592,21 @@ def _import_summary() -> None:
 _open_settings: dict[str, Any] = {}
 
 
-def finish_open_sweep(*, aborted: bool = False, interrupted: bool = False) -> int:
+def finish_open_sweep(*, aborted: bool = False, interrupted: bool = False,
+                      error: str | None = None) -> int:
     """End the sweep started by this process, if any, and print its leaderboard and links;
-    return how many jobs failed (-1 when the summary could not be written)."""
+    return how many jobs failed (-1 when the summary could not be written). ``error``: the
+    line the sweep stopped on, if it stopped on one (it names the failure)."""
     global _open
     parent, _open = _open, None
     if parent is None:
         return 0
+    hide_launch_lines(False)
     not_started = _count_not_started(_open_settings.get("sweep_dir"),
                                      _open_settings.get("started", ""))
     parts = _open_settings.get("complete_best")
-    best = _BestCompletion(parent.store.uri, parts) if (
+    quiet = not _open_settings.get("verbose", False)
+    best = _BestCompletion(parent.store.uri, parts, quiet) if (
         parent.store is not None and parts and any(parts.values()) and not interrupted) else None
     summary = parent.finish(aborted=aborted, interrupted=interrupted, not_started=not_started,
                             max_failures=_open_settings.get("max_failures"),
@@ -503,7 +616,7 @@ def finish_open_sweep(*, aborted: bool = False, interrupted: bool = False) -> in
             log.info("sweep parent run %s %s", parent.run_id, parent.status)
         return -1 if parent.run_id else 0
     model = best.result() if best is not None else None
-    _print_leaderboard(parent, summary, not_started, model)
+    _print_leaderboard(parent, summary, not_started, model, error if aborted else None)
     return summary.counts.failed + not_started
 
 
@@ -517,8 +630,9 @@ class _BestCompletion:
     sweep's results stand without them.
     """
 
-    def __init__(self, uri: str, parts: dict[str, bool]) -> None:
+    def __init__(self, uri: str, parts: dict[str, bool], quiet: bool = False) -> None:
         self.uri, self.model, self.plots = uri, parts["model"], parts["plots"]
+        self.quiet = quiet  # its data steps' lines: not after the sweep's own
         self.run_id: str | None = None
         self.future: Any = None
 
@@ -529,7 +643,7 @@ class _BestCompletion:
             return
         try:
             self.future = executor.submit(_complete_best, run_id, self.uri, self.model,
-                                          self.plots)
+                                          self.plots, self.quiet)
         except Exception as error:  # a pool shut down or broken: complete it here
             log.debug("completing the best run in a worker failed to start: %s", error)
 
@@ -540,7 +654,8 @@ class _BestCompletion:
         try:
             return (self.future.result(timeout=COMPLETE_BEST_TIMEOUT_S)
                     if self.future is not None else
-                    _complete_best(self.run_id, self.uri, self.model, self.plots))
+                    _complete_best(self.run_id, self.uri, self.model, self.plots,
+                                   self.quiet))
         except Exception as error:  # the store, a CSV gone since: the sweep's results stand
             log.warning("the best run %s is kept without its model and plots: %s; "
                         "make log-model RUN_ID=%s and make plots RUN_ID=%s add them",
@@ -548,14 +663,16 @@ class _BestCompletion:
             return None
 
 
-def _complete_best(run_id: str, uri: str, model: bool, plots: bool) -> str | None:
+def _complete_best(run_id: str, uri: str, model: bool, plots: bool,
+                   quiet: bool = False) -> str | None:
     """Complete the best run's record where this runs (a warm joblib worker, else the
     launching process); return its model URI. The run layer, its data steps and MLflow are
     imported here, in that process: the launching process of a joblib sweep never needs
     them, and a plain string comes back."""
     from pipeline.run.backfill import complete_run
 
-    return complete_run(run_id, uri=uri, model=model, plots=plots).model_uri
+    with console_warnings_only(quiet):
+        return complete_run(run_id, uri=uri, model=model, plots=plots).model_uri
 
 
 def _count_not_started(sweep_dir: Path | None, started: str) -> int:
@@ -571,9 +688,10 @@ def _count_not_started(sweep_dir: Path | None, started: str) -> int:
 
 
 def _print_leaderboard(parent: SweepParent, summary: Any, not_started: int,
-                       model: str | None = None) -> None:
-    """The sweep's outcome: counts, the top configurations, and links to the parent, the
-    best run (and its ``model``) and the comparison of its children."""
+                       model: str | None = None, error: str | None = None) -> None:
+    """The sweep's outcome: counts (and the ``error`` it stopped on), the top
+    configurations, and links to the parent, the best run (its ``model``, the commands that
+    serve and promote it) and the comparison of its children."""
     counts = summary.counts
     line = (f"Sweep {parent.run_id} {parent.status}: {counts.children} run(s), "
             f"{counts.failed} failed, {counts.killed} killed")
@@ -581,6 +699,8 @@ def _print_leaderboard(parent: SweepParent, summary: Any, not_started: int,
         line += f", {counts.runs - counts.children} earlier attempt(s) superseded"
     if not_started:
         line += f", {not_started} not started (sweep.max_failures)"
+    if error:
+        line += f"; stopped on: {error}"
     print(line, flush=True)
     board = summary.leaderboard
     if not board.empty:
@@ -601,6 +721,7 @@ def _print_leaderboard(parent: SweepParent, summary: Any, not_started: int,
             other = parent.store.uri != f"sqlite:///{DEFAULT_STORE}"
             store = f" STORE={parent.store.uri}" if other else ""
             print(f"  model: {model}  serve it: make serve RUN_ID={summary.best_run_id}{store}")
+            print(f"  promote it: make promote RUN_ID={summary.best_run_id}{store}")
     link = parent.compare_url(summary.ranked_run_ids)
     if link:
         shown = min(len(summary.ranked_run_ids), 50)

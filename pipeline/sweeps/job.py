@@ -36,6 +36,7 @@ LAUNCHER_PID_ENV = "PIPELINE_SWEEP_LAUNCHER_PID"
 STARTED_ENV = "PIPELINE_SWEEP_STARTED_MS"  # when this sweep (or this resume of it) began
 # The swept keys that tell jobs apart besides their config digest (comma-separated).
 IDENTITY_ENV = "PIPELINE_SWEEP_IDENTITY"
+SWEPT_ENV = "PIPELINE_SWEEP_KEYS"  # the keys the sweep varies, shown in each job's line
 NOT_STARTED = "not_started.txt"  # in a job's folder: sweep.max_failures stopped it
 KEPT = "kept.txt"  # in a job's folder: the run a resumed sweep kept for it (its id)
 
@@ -48,6 +49,7 @@ class JobContext:
     launcher_pid: int | None
     started: str  # when the sweep began (ms since the epoch), as handed down
     identity: tuple[str, ...] = ()  # swept keys that the config digest leaves out
+    swept: tuple[str, ...] = ()  # every key the sweep varies
 
     @property
     def parent_run_id(self) -> str | None:
@@ -55,13 +57,14 @@ class JobContext:
 
 
 def job_environment(*, parent_run_id: str | None, parent_journal_id: str, threads: int,
-                    launcher_pid: int, started: str, identity: Sequence[str] = ()
-                    ) -> dict[str, str]:
+                    launcher_pid: int, started: str, identity: Sequence[str] = (),
+                    swept: Sequence[str] = ()) -> dict[str, str]:
     """What the launching process hands every job, as environment variables (read back by
     :func:`job_context`)."""
     return {PARENT_ENV: parent_run_id or "", JOURNAL_ENV: parent_journal_id,
             THREADS_ENV: str(threads), LAUNCHER_PID_ENV: str(launcher_pid),
-            STARTED_ENV: started, IDENTITY_ENV: ",".join(identity)}
+            STARTED_ENV: started, IDENTITY_ENV: ",".join(identity),
+            SWEPT_ENV: ",".join(swept)}
 
 
 def job_context(environ: Mapping[str, str] = os.environ) -> JobContext | None:
@@ -80,6 +83,7 @@ def job_context(environ: Mapping[str, str] = os.environ) -> JobContext | None:
         launcher_pid=int(launcher) if launcher else None,
         started=environ.get(STARTED_ENV) or "0",
         identity=tuple(k for k in (environ.get(IDENTITY_ENV) or "").split(",") if k),
+        swept=tuple(k for k in (environ.get(SWEPT_ENV) or "").split(",") if k),
     )
 
 

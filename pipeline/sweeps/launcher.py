@@ -36,6 +36,7 @@ from joblib.externals import cloudpickle
 from omegaconf import DictConfig, open_dict
 
 from pipeline.sweeps.callback import wait_for_workers
+from pipeline.sweeps.output import prefixed_output
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def execute_job(idx: int, overrides: list[str], path: str) -> JobReturn:
         config.hydra.job.id = f"{config.hydra.job.name}_{idx}"
         config.hydra.job.num = idx
     HydraConfig.instance().set_config(config)
-    return run_job(hydra_context=sweep.hydra_context, config=config,
-                   task_function=sweep.task_function, job_dir_key="hydra.sweep.dir",
-                   job_subdir_key="hydra.sweep.subdir")
+    with prefixed_output(idx):  # parallel jobs print into one terminal: "[job 3] ..."
+        return run_job(hydra_context=sweep.hydra_context, config=config,
+                       task_function=sweep.task_function, job_dir_key="hydra.sweep.dir",
+                       job_subdir_key="hydra.sweep.subdir")
 
