@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import children
 from bench.report import markdown_table
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -104,8 +104,8 @@ def child(path: str, decimal: str) -> dict[str, object]:
 
 def measure(path: Path, name: str, decimal: str = ".") -> CsvLoadResult:
     """Load ``path`` in a fresh process; raises RuntimeError with its stderr if it fails."""
-    done = subprocess.run([sys.executable, "-m", "bench.csv_load", str(path), decimal],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
+    done = children.run([sys.executable, "-m", "bench.csv_load", str(path), decimal],
+                        cwd=PROJECT_ROOT)
     if done.returncode != 0:
         tail = " | ".join(done.stderr.strip().splitlines()[-3:])
         raise RuntimeError(f"loading {path.name} failed ({done.returncode}): {tail}")

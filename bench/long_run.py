@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import children
 from bench.pipeline_runs import PROJECT_ROOT, CommandFailed, _env, _store_args
 from bench.report import markdown_table
 
@@ -105,8 +106,7 @@ print(json.dumps({{"plain": statistics.median(plain),
 def measure_training(work: Path, epochs: int = EPOCHS, repeats: int = 3) -> dict[str, float]:
     """The train stage without and with a live recorder, medians of interleaved pairs."""
     code = _TRAINING.format(epochs=epochs, repeats=repeats, work=str(work))
-    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=_env(),
-                          capture_output=True, text=True, check=False)
+    done = children.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=_env())
     if done.returncode != 0:
         raise CommandFailed("long run: " + (done.stderr.strip().splitlines() or ["?"])[-1])
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -123,8 +123,8 @@ def measure_stop(work: Path, sig: signal.Signals, *, epochs: int = EPOCHS,
     out = work / f"stop-{sig.name}"
     command = [sys.executable, "-m", "pipeline", *_store_args(work), f"hydra.run.dir={out}",
                f"train.epochs={epochs}", "train.progress=false", "tracking.plots=false"]
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = children.popen(command, cwd=PROJECT_ROOT, env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
     try:
         _wait_for_epochs(out / "journal.jsonl", after_epochs, process)
         sent = time.perf_counter()
@@ -132,8 +132,7 @@ def measure_stop(work: Path, sig: signal.Signals, *, epochs: int = EPOCHS,
         process.wait(timeout=120)
         seconds = time.perf_counter() - sent
     finally:
-        process.kill()
-        process.communicate()
+        children.end(process, grace_s=0.0)
     journal = read_journal(out / "journal.jsonl")
     steps = journal.epochs()[1][:, 0].astype(int).tolist()
     ended = journal.ended

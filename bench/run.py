@@ -55,6 +55,7 @@ class Plan:
     contender_keys: tuple[str, ...] = ALL_KEYS
     threads: int = 2
     memory: bool = True
+    memory_keys: tuple[str, ...] | None = None  # contenders whose peak RSS is measured: all
     verify_epochs: int = 500
     scaling: ScalingPlan | None = field(default_factory=ScalingPlan)
     out_dir: Path = RESULTS_DIR
@@ -66,9 +67,14 @@ class Plan:
     long_run_epochs: int = 0  # 0: skip the long run's tracking cost
 
 
+_STARTED = time.perf_counter()
+
+
 def log(message: str) -> None:
-    """Progress to stderr, so stdout holds only the results."""
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+    """Progress to stderr, so stdout holds only the results; each line says how long the
+    bench has been running (where a slow part's time goes)."""
+    print(f"[bench {time.perf_counter() - _STARTED:4.0f} s] {message}", file=sys.stderr,
+          flush=True)
 
 
 def time_workload(workload: Workload, contenders: Sequence[Contender],
@@ -95,7 +101,8 @@ def correctness_line(plan: Plan, keys: Sequence[str]) -> str | None:
 def measure_memory(plan: Plan, results: Sequence[report.WorkloadResult], keys: Sequence[str],
                    scaling: ScalingResults | None) -> None:
     """Peak RSS of every workload × contender (and the scaling rows), in fresh processes."""
-    jobs = [(r.workload, key) for r in results for key in keys]
+    measured_keys = [k for k in keys if plan.memory_keys is None or k in plan.memory_keys]
+    jobs = [(r.workload, key) for r in results for key in measured_keys]
     scaling_jobs = memory_jobs(plan.scaling, keys) if scaling and plan.scaling else []
     measured = measure_many([*jobs, *scaling_jobs], plan.threads)
     for (workload, key), memory in zip(jobs, measured, strict=False):

@@ -26,6 +26,7 @@ PER_JOB_GOAL_S = 0.5  # the reference size, basic launcher
 LARGE_VS_REFERENCE_GOAL = 1.2  # the large sweep's per-job cost / the reference's
 SUMMARY_GOAL_S = 5.0  # the large basic sweep's parent summary
 LARGE_SPEEDUP_GOAL = 1.6  # the large sweep: basic seconds / joblib seconds
+SMALL_SPEEDUP_GOAL = 1.3  # the smallest sweep (8 x 300 epochs): basic / joblib
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class CostPlan:
 
 
 DEFAULT_COST = CostPlan()
-QUICK_COST = CostPlan(sizes=((4, 300), (8, 300), (32, 10)), reference=8, quick=True)
+QUICK_COST = CostPlan(sizes=((4, 100),), reference=4, quick=True)
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,14 @@ def cost_targets(results: CostResults) -> list[str]:
         lines.append(_verdict(
             f"{large.jobs}-job summary (`time_summary_s`, basic) ≤ {SUMMARY_GOAL_S:g} s",
             _seconds(large.summary_s), ok))
+    small_jobs = min(jobs for jobs, _ in plan.sizes)
+    small, small_joblib = results.find(small_jobs, "basic"), results.find(small_jobs, "joblib")
+    if small is not None and small_joblib is not None and small_jobs != plan.large:
+        speedup = small.seconds / small_joblib.seconds
+        lines.append(_verdict(
+            f"{small.jobs} jobs (train.epochs={small.epochs}): joblib {plan.workers} workers "
+            f"vs basic ≥ {SMALL_SPEEDUP_GOAL:g}×", f"{speedup:.2f}×",
+            speedup >= SMALL_SPEEDUP_GOAL))
     if large is not None and large_joblib is not None:
         speedup = large.seconds / large_joblib.seconds
         lines.append(_verdict(

@@ -65,8 +65,8 @@ def standard_workloads(quick: bool = False) -> list[Workload]:
                   memory_epochs=1)
     if quick:
         w1 = w1.with_(epochs=1000, repeats=2, memory_epochs=2)
-        w2 = w2.with_(epochs=20, repeats=1)
-        w3 = w3.with_(n_rows=50_000, epochs=1, repeats=1)
+        w2 = w2.with_(epochs=5, repeats=1)
+        w3 = w3.with_(n_rows=10_000, epochs=1, repeats=1)
     return [w1, w2, w3, w3.with_(dtype="float32")]
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,45 +167,110 @@ _STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
 class PlotJob:
-    """Plots drawn in a forked child process while the parent logs to MLflow.
+    """A forked process that draws a run's plots while the parent logs to MLflow.
 
-    Matplotlib (import and rendering, ~1 s) is then off the critical path of a run;
-    the child only writes PNG files and never touches the tracking store. Ctrl-C or
-    SIGTERM end the child silently (the run reports the interrupt).
+    It is forked as the run starts (:func:`start_plot_process`), before the run's threads
+    exist, and imports matplotlib at once, on the other core, while the parent opens the
+    store and trains; the plots' inputs reach it through a pipe the moment they exist
+    (:meth:`draw`), so nothing waits for matplotlib to start. The child only writes PNG
+    files and never touches the tracking store. Ctrl-C or SIGTERM end the child silently
+    (the run reports the interrupt); a run that ends without plots closes it unused.
     """
 
-    def __init__(self, target: Any, args: tuple[Any, ...]) -> None:
+    def __init__(self) -> None:
         import multiprocessing
 
-        self._process = None
+        self._process = self._pipe = None
         if "fork" in multiprocessing.get_all_start_methods():
-            self._process = multiprocessing.get_context("fork").Process(
-                target=_draw, args=(target, args), daemon=True)
+            context = multiprocessing.get_context("fork")
+            receiver, self._pipe = context.Pipe(duplex=False)
+            self._process = context.Process(target=_serve, args=(receiver, self._pipe),
+                                            daemon=True, name="plots")
             with signals_held():  # Python's at-fork hooks drop what a handler raises
                 self._process.start()
-        else:  # no fork (e.g. Windows): draw inline
-            target(*args)
+            receiver.close()
+        self._sent = False
+        self._sender: threading.Thread | None = None
+        self._inline_ok = True
+
+    def draw(self, folder: Path, inputs: PlotInputs) -> PlotJob:
+        """Hand the child the plots' inputs (drawn inline when there is no fork). A thread
+        sends them: a child still importing matplotlib does not hold the run up."""
+        if self._pipe is None:  # no fork (e.g. Windows): draw inline
+            self._inline_ok = _draw(write_plots, (folder, inputs), exit_on_error=False)
+            return self
+        self._sent = True
+        self._sender = threading.Thread(target=self._send, args=((folder, inputs),),
+                                        name="plot-inputs", daemon=True)
+        self._sender.start()
+        return self
+
+    def _send(self, item: tuple[Path, PlotInputs]) -> None:
+        """The parent's own objects, pickled into the pipe; a child that ended early (its
+        own line says why) leaves the run without plots."""
+        assert self._pipe is not None
+        try:
+            self._pipe.send(item)
+        except (OSError, ValueError):
+            pass  # wait() sees the child's exit code
+        finally:
+            self._pipe.close()
 
     def wait(self) -> bool:
         """Wait for the plots; False if drawing them failed (the run goes on without them)."""
         if self._process is None:
-            return True
+            return self._inline_ok
+        if self._sender is not None:
+            self._sender.join()
         self._process.join()
-        return self._process.exitcode == 0
+        return self._sent and self._process.exitcode == 0
+
+    def close(self) -> None:
+        """No plots after all (the run failed first): the child, which has written nothing
+        and may still be importing matplotlib, is ended at once (SIGKILL: no handler of the
+        run's runs in it, and nothing is printed)."""
+        if self._sent:
+            return
+        if self._pipe is not None:
+            self._pipe.close()
+        if self._process is not None:
+            self._process.kill()
+            self._process.join()
 
 
-def _draw(target: Any, args: tuple[Any, ...]) -> None:
-    """In the plot process: Ctrl-C and SIGTERM end it at once, without a traceback (the
-    PNG files are not part of an interrupted run's record)."""
+def start_plot_process() -> PlotJob:
+    """Fork the process that will draw the run's plots (see :class:`PlotJob`)."""
+    return PlotJob()
+
+
+def _serve(receiver: Any, sender: Any) -> None:
+    """In the plot process: import matplotlib now, draw when the inputs arrive; exit
+    quietly if the run closes the pipe without sending them."""
     for signum in _STOPS:
         signal.signal(signum, signal.SIG_DFL)
+    sender.close()  # the fork's copy of the run's end: else the run's close is no EOF
+    from pipeline.run import plots  # noqa: F401  (warm: ~0.3 s of imports off the run's path)
+
+    try:
+        folder, inputs = receiver.recv()
+    except (EOFError, OSError):
+        os._exit(0)
+    _draw(write_plots, (folder, inputs))
+
+
+def _draw(target: Any, args: tuple[Any, ...], *, exit_on_error: bool = True) -> bool:
+    """Draw; a failure prints one line (the run goes on without plots): the plot process
+    exits 1, an inline draw returns False."""
     try:
         target(*args)
     except Exception as error:  # one line, as every failure; the run goes on without plots
         line = str(error) if isinstance(error, PlotsFailed) else (
             f"drawing the plots: {type(error).__name__}: {error}")
         print(line.splitlines()[0], file=sys.stderr, flush=True)
-        os._exit(1)
+        if exit_on_error:
+            os._exit(1)
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -231,8 +297,9 @@ class PlotsFailed(PipelineError):
 
 
 def start_plots(folder: Path, inputs: PlotInputs) -> PlotJob:
-    """Start drawing the run's plots into ``folder`` (see :class:`PlotJob`)."""
-    return PlotJob(write_plots, (folder, inputs))
+    """Start drawing the run's plots into ``folder`` in a new plot process (see
+    :class:`PlotJob`; a run forks it earlier, with :func:`start_plot_process`)."""
+    return PlotJob().draw(folder, inputs)
 
 
 def write_plots(folder: Path, inputs: PlotInputs) -> dict[str, Path]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -39,9 +40,16 @@ from pipeline.files import atomic_path, digest_file
 from pipeline.mlp import MLP, CheckpointError, TrainingDiverged
 from pipeline.run import artifacts
 from pipeline.run.context import SweepJob
-from pipeline.run.data import DataStages, check_transforms, run_data_stages, timed
+from pipeline.run.data import (
+    DataStages,
+    check_input_file,
+    check_transforms,
+    run_data_stages,
+    timed,
+)
 from pipeline.run.folds import cross_validate
 from pipeline.run.progress import ProgressBar
+from pipeline.run.timeline import process_origin, timing_line, with_other
 from pipeline.tracking.journal import find_sweep_journal, new_journal_id
 from pipeline.tracking.record import (
     CHILD_RECORD_TAG,
@@ -197,7 +205,7 @@ def _start_model(config: Config, n_features: int, n_classes: int, seeds: Mapping
             activation=config.model.activations, output=config.model.output,
             init=config.model.init, dtype=config.model.dtype, seed=seeds["init"],
         )
-        return model, TrainingPlan(first=1, last=config.train.epochs)
+        return model, TrainingPlan(first=1, last=config.train.epochs, output=model.output)
     path = resolve_path(spec)
     if path.exists():
         checkpoint, label = path, str(path)
@@ -215,7 +223,7 @@ def _start_model(config: Config, n_features: int, n_classes: int, seeds: Mapping
         raise PipelineError(mismatch)
     log.info("resuming from %s (epoch %d)", label, model.epoch)
     return model, TrainingPlan(first=model.epoch + 1, last=config.train.epochs,
-                               resumed_from=spec, checkpoint=label)
+                               resumed_from=spec, checkpoint=label, output=model.output)
 
 
 def _architecture_mismatch(label: str, found: Architecture, planned: Architecture,
@@ -255,8 +263,9 @@ def _architecture_mismatch(label: str, found: Architecture, planned: Architectur
 
 
 class _Checkpointer:
-    """Writes ``checkpoints/epoch_NNNNN.json`` every ``every`` epochs (atomically), and adds
-    each file's path to ``saved``."""
+    """Writes ``checkpoints/epoch_NNNNNNN.json`` every ``every`` epochs (atomically), and adds
+    each file's path to ``saved``. Seven digits, so that names sort by epoch (in the MLflow
+    UI too) up to 9,999,999; readers take any number of digits (old runs wrote five)."""
 
     def __init__(self, folder: Path, every: int, metadata: Mapping[str, Any],
                  saved: list[Path]) -> None:
@@ -264,7 +273,7 @@ class _Checkpointer:
 
     def __call__(self, epoch: int, metrics: Mapping[str, float], model: MLP) -> None:
         if self.every and epoch % self.every == 0:
-            path = self.folder / f"epoch_{epoch:05d}.json"
+            path = self.folder / f"epoch_{epoch:07d}.json"
             # Listed first: Ctrl-C right after the save must not leave it out (a file that
             # a save cut short never got its name, and is not sent).
             self.saved.append(path)
@@ -335,8 +344,11 @@ def run(
     outputs are there (see :func:`pipeline.run.artifacts.claim_folder`). Ctrl-C or SIGTERM end
     it KILLED and are raised with a note: one line saying where its record is.
     """
+    entered = time.perf_counter()  # start-up ends here (see pipeline.run.timeline)
     warnings_as_log_lines()
     check_transforms(config)  # before any work: one line for a bad data.transforms entry
+    if sweep is None:  # a sweep's job fails as a FAILED child run, which the sweep counts
+        check_input_file(config)  # the CSV's path, header and label: no run yet
     hydra_files = artifacts.read_folder(hydra_dir)  # before another run rewrites them
     journal_id = new_journal_id()
     with _interrupts_raise(sweep is not None and sweep.worker):
@@ -347,7 +359,7 @@ def run(
                          output_dir, claim.folder)
                 artifacts.write_folder(claim.folder / ".hydra", hydra_files)
             return _recorded_run(config, claim.folder, overrides, hydra_files, journal_id,
-                                 sweep, extra_tags)
+                                 sweep, extra_tags, entered=entered)
         finally:
             claim.release()
 
@@ -361,10 +373,11 @@ def _claim(output_dir: Path, journal_id: str, config: Config) -> artifacts.Claim
 
 def _recorded_run(config: Config, output_dir: Path, overrides: Sequence[str],
                   hydra_files: Mapping[str, bytes], journal_id: str,
-                  sweep: SweepJob | None, extra_tags: Mapping[str, str] | None) -> RunResult:
-    """The run in the folder it owns: its record opened, the stages, its end recorded."""
+                  sweep: SweepJob | None, extra_tags: Mapping[str, str] | None, *,
+                  entered: float) -> RunResult:
+    """The run in the folder it owns: its record opened, the stages, its end recorded.
+    ``entered``: when :func:`run` was called (``time.perf_counter()``)."""
     in_sweep = sweep is not None
-    parent_run_id = sweep.parent_run_id if sweep is not None else None
     parent_journal_id = sweep.parent_journal_id if sweep is not None else None
     recording = record_plan(config, in_sweep=in_sweep)
     seeds = run_seeds(config)
@@ -374,29 +387,90 @@ def _recorded_run(config: Config, output_dir: Path, overrides: Sequence[str],
         output_dir=output_dir, threads=_threads(config, sweep),
         tags={**config.tags, **(extra_tags or {}), **recording.tags},
     )
+    # Forked before the run's threads exist; it imports matplotlib while the store opens.
+    plotter = artifacts.start_plot_process() if recording.plots else None
+    try:
+        recorder = _start_recorder(config, spec, recording, output_dir, journal_id, sweep)
+    except BaseException:
+        if plotter is not None:
+            plotter.close()
+        raise
+    global _last_run_ended
+    # A process that runs several jobs (a sweep's): a job's start-up is the time since the
+    # previous one ended, not since the process started.
+    origin = max(process_origin(), _last_run_ended)
+    timings = {"startup": max(0.0, entered - origin), "setup": time.perf_counter() - entered}
+    try:
+        return _record(config, recorder, spec, recording, seeds, output_dir, overrides,
+                       hydra_files, plotter, in_sweep=in_sweep,
+                       parent_journal_id=parent_journal_id, timings=timings, origin=origin)
+    finally:
+        _last_run_ended = time.perf_counter()
+
+
+_last_run_ended = 0.0  # time.perf_counter() when this process's last run ended
+
+
+def _start_recorder(config: Config, spec: RunSpec, recording: RecordPlan, output_dir: Path,
+                    journal_id: str, sweep: SweepJob | None) -> Recorder:
+    """The run created in its store (or offline journal)."""
+    parent_run_id = sweep.parent_run_id if sweep is not None else None
+    parent_journal_id = sweep.parent_journal_id if sweep is not None else None
     recorder = start_run(
         uri=config.tracking.uri, experiment=config.tracking.experiment, run_name=spec.name,
         output_dir=output_dir, tags=spec.tags, parent_run_id=parent_run_id,
         parent_journal_id=parent_journal_id, offline=config.tracking.mode == "offline",
         max_points=recording.max_points, log_model=recording.model, journal_id=journal_id,
+        ui_url=config.tracking.ui_url,
     )
     if recorder.run_id is not None:
         log.info("MLflow run %s in %s", recorder.run_id, recorder.store_uri)
     else:
         log.info("offline run: journal %s", recorder.journal_path)
+    return recorder
+
+
+_dirty_tree_told = False  # once per process: a sweep's jobs share the tree
+
+
+def _tell_dirty_tree() -> None:
+    """Warn (once per process) that the run's commit does not hold the code it ran."""
+    global _dirty_tree_told
+    _dirty_tree_told = True
+    log.warning("the git tree is dirty: this run may not be reproducible from its commit")
+
+
+def _record(config: Config, recorder: Recorder, spec: RunSpec, recording: RecordPlan,
+            seeds: Mapping[str, int], output_dir: Path, overrides: Sequence[str],
+            hydra_files: Mapping[str, bytes], plotter: artifacts.PlotJob | None, *,
+            in_sweep: bool, parent_journal_id: str | None, timings: dict[str, float],
+            origin: float) -> RunResult:
+    """The stages and the run's end, recorded; the plot process closed if unused.
+    ``timings``: the parts so far (every part is added to it); ``origin``: when the process
+    started (``time.perf_counter()``)."""
     saved: list[Path] = []  # the checkpoints this run wrote: all a failed run sends of them
     try:
         recorder.describe(spec)
-        if spec.environment.get("git_dirty") == "true":
-            log.warning("the git tree is dirty: this run may not be reproducible from its "
-                        "commit")
+        if spec.environment.get("git_dirty") == "true" and not _dirty_tree_told:
+            _tell_dirty_tree()
         outcome = execute(config, seeds, output_dir, overrides, hydra_files, recorder,
                           threads=spec.threads, plots=recording.plots, saved=saved,
-                          in_sweep=in_sweep)
+                          in_sweep=in_sweep, plotter=plotter, timings=timings)
         _raise_if_dropped()
         started = time.perf_counter()
-        recorder.finish(outcome)
-        log.info("stage %-9s %.3f s", "tracking", time.perf_counter() - started)
+
+        def late_timings() -> dict[str, float]:
+            """The parts the outcome's metrics could not hold yet, as the run ends."""
+            now = time.perf_counter()
+            parts = with_other({**timings, "tracking": now - started}, now - origin)
+            return {**{k: parts[k] for k in parts if k not in outcome.timings},
+                    "total": now - origin}
+
+        recorder.finish(outcome, late_timings)
+        timings["tracking"] = time.perf_counter() - started
+        log.info("stage %-9s %.3f s", "tracking", timings["tracking"])
+        total = time.perf_counter() - origin
+        log.info("%s", timing_line(with_other(timings, total), total))
     except KeyboardInterrupt as stop:
         _end_killed(recorder, stop, saved)
         raise
@@ -422,6 +496,9 @@ def _recorded_run(config: Config, output_dir: Path, overrides: Sequence[str],
     except BaseException as error:
         _end_failed(recorder, f"{type(error).__name__}: {_user_error(error)}", saved)
         raise
+    finally:
+        if plotter is not None:
+            plotter.close()  # a run that failed before its plots: the process exits
     return RunResult(
         run_id=recorder.run_id, experiment_id=recorder.experiment_id, url=recorder.url,
         metrics=outcome.final_metrics, confusion=dict(outcome.confusion),
@@ -440,10 +517,30 @@ def _offline_sweep_dir(recorder: Recorder, parent_journal_id: str | None) -> Pat
 
 
 def _end_killed(recorder: Recorder, stop: KeyboardInterrupt, saved: Sequence[Path]) -> None:
-    """End the run KILLED; the interrupt carries the line saying where its record is."""
+    """End the run KILLED; the interrupt carries the line saying where its record is, the
+    epoch of its last checkpoint and the command that resumes from it."""
     _unseen.clear()
     reason = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted (SIGINT)"
-    stop.add_note(recorder.kill(f"{reason}; metrics and checkpoints so far were kept", saved))
+    ending = recorder.kill(f"{reason}; metrics and checkpoints so far were kept", saved)
+    stop.add_note(f"{ending}; {_resume_hint(saved)}")
+
+
+def _resume_hint(saved: Sequence[Path]) -> str:
+    """Where an interrupted run can go on from: its newest checkpoint on disk, and the
+    command that resumes from it (this process's own, when it was ``-m pipeline``)."""
+    kept = [path for path in saved if path.is_file() and path.stem[6:].isdigit()
+            and path.stem.startswith("epoch_")]
+    if not kept:
+        return "no checkpoint was written yet (train.checkpoint_every): run it again"
+    newest = kept[-1]
+    epoch = int(newest.stem[6:])
+    resume = f"train.resume_from={newest}"
+    args = sys.argv[1:]
+    if Path(sys.argv[0]).parent.name != "pipeline" or {"-m", "--multirun"} & set(args):
+        return f"last checkpoint: epoch {epoch}; to resume it, add {shlex.quote(resume)}"
+    kept_args = [a for a in args if not a.lstrip("+~").startswith("train.resume_from=")]
+    command = shlex.join([".venv/bin/python", "-m", "pipeline", *kept_args, resume])
+    return f"last checkpoint: epoch {epoch}; resume it with: {command}"
 
 
 def _end_failed(recorder: Recorder, message: str, saved: Sequence[Path]) -> None:
@@ -475,12 +572,15 @@ def execute(
     plots: bool = True,
     saved: list[Path] | None = None,
     in_sweep: bool = False,
+    plotter: artifacts.PlotJob | None = None,
+    timings: dict[str, float] | None = None,
 ) -> RunOutcome:
     """The stages, in order; ``recorder`` hears of the data, the plan and every epoch.
     ``saved`` gets the path of every checkpoint written, as it is written. ``in_sweep``:
-    the run is a sweep's job (no progress bar; its process runs more jobs)."""
+    the run is a sweep's job (no progress bar; its process runs more jobs). ``plotter``: the
+    run's plot process, already started (else one is forked when the plots' inputs exist)."""
     saved = [] if saved is None else saved
-    timings: dict[str, float] = {}
+    timings = {} if timings is None else timings  # each stage's seconds are added to it
     data = run_data_stages(config, seeds, output_dir, timings)
     prepared = data.normalised
     recorder.data_prepared(DataSummary(
@@ -514,17 +614,16 @@ def execute(
                       else _validation(trained.model, preprocessor, data.splits.val,
                                        trained_ms))
 
+    results_started = time.perf_counter()  # the results: written, handed over, recorded
     plot_inputs = artifacts.PlotInputs(
         evaluation=evaluation, history=trained.history.metrics, proba=proba,
         test=prepared.test, raw_test=data.splits.test, raw_train=data.splits.train,
         model=trained.model, preprocessor=preprocessor,
     )
-    drawing = artifacts.start_plots(artifact_dir, plot_inputs) if plots else None
-    if drawing is not None and in_sweep:
-        # This process runs more jobs: let their plot processes fork with matplotlib
-        # already imported (CPU that parallel jobs would compete for). Imported here, not
-        # at the top: matplotlib takes a third of a second that a single run never needs.
-        import pipeline.run.plots  # noqa: F401
+    drawing = None
+    if plots:
+        drawing = (plotter.draw(artifact_dir, plot_inputs) if plotter is not None
+                   else artifacts.start_plots(artifact_dir, plot_inputs))
     files = artifacts.write_run_artifacts(
         artifact_dir, evaluation=evaluation, config_tree=config_dict(config),
         overrides=overrides, hydra_files=hydra_files,
@@ -551,10 +650,14 @@ def execute(
     )
     # The results go to the store while the plots are drawn; the artifact folder after.
     recorder.record(outcome)
+    timings["results"] = time.perf_counter() - results_started
     # A plot that failed printed its own line (pipeline.run.artifacts); the others are
     # logged, and `make plots` draws them all again.
-    if drawing is not None and drawing.wait():
-        recorder.plots_drawn()
+    if drawing is not None:
+        with timed(timings, "plots"):  # what is left of drawing them once the results are out
+            drawn = drawing.wait()
+        if drawn:
+            recorder.plots_drawn()
     return outcome
 
 

@@ -136,10 +136,13 @@ class Recorder:
     """Records one run: every record journaled, then shipped to the store (if any)."""
 
     def __init__(self, journal: JournalWriter, store: Store | None, run_id: str | None,
-                 experiment_id: str | None, *, max_points: int | None, log_model: bool) -> None:
+                 experiment_id: str | None, *, max_points: int | None, log_model: bool,
+                 ui_url: str | None = None) -> None:
         self.journal = journal
         self.store, self.run_id, self.experiment_id = store, run_id, experiment_id
         self.max_points, self.log_model = max_points, log_model
+        self.ui_url = ui_url  # tracking.ui_url: the links' base address (None: the store's)
+        self._data_seed: int | None = None  # the run's data seed, once described
         # Epochs not yet journaled: flat float64 rows [step, time_ms, *values] of the metric
         # names in _keys (no Python object per epoch: nothing for the GC to walk).
         self._epoch_lock = threading.Lock()
@@ -161,6 +164,7 @@ class Recorder:
         self._complete = False  # the store has the whole run
         self._journal_status: str | None = None  # the status the journal's end holds
         self._done = False
+        self._late_timings: Callable[[], Mapping[str, float]] | None = None
         self._stop = threading.Event()
         self._kick = threading.Event()  # ship now, not at the next interval
         self._heartbeat = (Heartbeat(store, run_id, lambda: self._failure is not None)
@@ -187,10 +191,11 @@ class Recorder:
         """The run's page in the MLflow UI (None offline)."""
         if self.store is None or self.run_id is None or self.experiment_id is None:
             return None
-        return run_url(self.store.uri, self.experiment_id, self.run_id)
+        return run_url(self.store.uri, self.experiment_id, self.run_id, self.ui_url)
 
     # -- what the runner reports ------------------------------------------------------
     def describe(self, spec: names.RunSpec) -> None:
+        self._data_seed = spec.seeds.get("data")  # names generated data sets
         self.add(names.spec_records(spec))
 
     def data_prepared(self, data: names.DataSummary) -> None:
@@ -222,15 +227,20 @@ class Recorder:
     def record(self, outcome: names.RunOutcome) -> None:
         """Journal the outcome's results and start sending them (its files wait for
         :meth:`finish`, so plots can still be drawn into the artifact folder)."""
-        self.add(names.outcome_records(outcome, log_model=self.log_model))
+        self.add(names.outcome_records(outcome, log_model=self.log_model,
+                                       data_seed=self._data_seed))
         self._kick.set()
 
     def plots_drawn(self) -> None:
         """The plots are in the artifact folder (sent with it by :meth:`finish`)."""
         self.add([{"k": "tags", "tags": {names.PLOTS_LOGGED_TAG: "true"}}])
 
-    def finish(self, outcome: names.RunOutcome) -> None:
-        """The artifact folder, then FINISHED (see :meth:`end`)."""
+    def finish(self, outcome: names.RunOutcome,
+               late_timings: Callable[[], Mapping[str, float]] | None = None) -> None:
+        """The artifact folder, then FINISHED (see :meth:`end`). ``late_timings``: the run's
+        timings that end with it (``time_<part>_s`` metrics), read once the background
+        sending is over, as the end is journaled."""
+        self._late_timings = late_timings
         self.end("FINISHED", None, names.artifact_records(outcome),
                  last_epoch=outcome.last_epoch, best_epoch=outcome.best_epoch)
 
@@ -387,6 +397,8 @@ class Recorder:
         self._kick.set()
         # An interrupted run does not wait for a batch stuck on a failing store.
         self._thread.join(timeout=1.0 if interrupted else None)
+        if self._late_timings is not None and not interrupted:
+            records = [*records, _timing_record(self._late_timings())]
         journal_ok = self._close_journal([*records, names.end_record(
             status, error, last_epoch=last_epoch, best_epoch=best_epoch)])
         if self._shipper is None:  # offline: the journal is the record
@@ -486,6 +498,13 @@ class Recorder:
         return True
 
 
+def _timing_record(timings: Mapping[str, float]) -> dict[str, Any]:
+    """``time_<part>_s`` metrics at step 0, as the run's other timings."""
+    return {"k": "metrics", "values": {f"time_{part}_s": float(seconds)
+                                       for part, seconds in timings.items()},
+            "step": 0, "time_ms": now_ms(), "of_model": False, "dataset": None}
+
+
 def _within(seconds: float, action: Callable[[], bool]) -> bool:
     """``action()`` in a thread of its own, waited for at most ``seconds``: whether it
     returned True in time (a request to a server that hangs must not hold the exit)."""
@@ -534,7 +553,8 @@ def _send_order(name: str, dest: str) -> tuple[int, int, str]:
 def start_run(*, uri: str | None, experiment: str, run_name: str, output_dir: Path,
               tags: Mapping[str, str], parent_run_id: str | None,
               parent_journal_id: str | None, offline: bool, max_points: int | None,
-              log_model: bool, journal_id: str | None = None) -> Recorder:
+              log_model: bool, journal_id: str | None = None,
+              ui_url: str | None = None) -> Recorder:
     """Create the run (in the store unless ``offline``) and its journal in ``output_dir``.
 
     Raises :class:`StoreError` before any work when the store does not answer. Ctrl-C or
@@ -563,7 +583,7 @@ def start_run(*, uri: str | None, experiment: str, run_name: str, output_dir: Pa
             "parent_journal_id": parent_journal_id, "time_ms": start_ms, "tags": all_tags,
         })
         return Recorder(journal, store, run_id, exp_id, max_points=max_points,
-                        log_model=log_model)
+                        log_model=log_model, ui_url=ui_url)
     except BaseException as error:  # Ctrl-C, SIGTERM or a full disk: no run left RUNNING
         if store is not None and run_id is not None:
             ended = _end_unstarted(store, run_id, error)
