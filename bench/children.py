@@ -33,8 +33,10 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def install_stop_handlers() -> None:
-    """SIGTERM raises :class:`Stopped` (Ctrl-C raises KeyboardInterrupt already)."""
+    """SIGTERM raises :class:`Stopped`, Ctrl-C KeyboardInterrupt: also when the bench was
+    started with SIGINT ignored (a shell's background job), which Python would keep."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def popen(command: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
