@@ -171,8 +171,10 @@ def measure_long_run(say: Callable[[str], None], epochs: int = EPOCHS,
         say(f"long run: {epochs:,} epochs with and without tracking, interleaved")
         figures = measure_training(work, epochs)
         say("long run: Ctrl-C and SIGTERM in the middle of a run")
-        stops = tuple(measure_stop(work, sig, epochs=epochs, after_epochs=min(20_000,
-                                                                             epochs // 4))
+        # Signalled well before its end, whatever ``epochs`` is: a short run could end
+        # between two of its journal's flushes, before the signal.
+        stops = tuple(measure_stop(work, sig, epochs=max(epochs, EPOCHS),
+                                   after_epochs=min(20_000, epochs // 4))
                       for sig in (signal.SIGINT, signal.SIGTERM))
     return LongRunResult(epochs, figures["plain"], figures["tracked"], figures["end"],
                          int(figures["growth"]), int(figures["points"]), stops)
