@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -130,6 +131,8 @@ def test_ctrl_c_says_the_epoch_reached_and_how_to_resume(tmp_path: Path) -> None
     epoch = MLP.load(newest).epoch
     assert last.startswith("interrupted: "), last
     assert f"last checkpoint: epoch {epoch}" in last, last
+    reached = int(re.search(r"reached epoch (\d+);", last).group(1))
+    assert reached >= epoch and reached < 2_000_000, last
     command = shlex.split(last.split("resume it with: ", 1)[1])
     assert command[:3] == [".venv/bin/python", "-m", "pipeline"], command
     assert command[-1] == f"train.resume_from={newest}" and set(args) <= set(command[3:])

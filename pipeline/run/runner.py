@@ -522,7 +522,8 @@ def _end_killed(recorder: Recorder, stop: KeyboardInterrupt, saved: Sequence[Pat
     _unseen.clear()
     reason = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted (SIGINT)"
     ending = recorder.kill(f"{reason}; metrics and checkpoints so far were kept", saved)
-    stop.add_note(f"{ending}; {_resume_hint(saved)}")
+    reached = "" if recorder.last_epoch is None else f"reached epoch {recorder.last_epoch}; "
+    stop.add_note(f"{ending}; {reached}{_resume_hint(saved)}")
 
 
 def _resume_hint(saved: Sequence[Path]) -> str:

@@ -142,6 +142,7 @@ class Recorder:
         self.store, self.run_id, self.experiment_id = store, run_id, experiment_id
         self.max_points, self.log_model = max_points, log_model
         self.ui_url = ui_url  # tracking.ui_url: the links' base address (None: the store's)
+        self.last_epoch: int | None = None  # the newest epoch logged (what Ctrl-C reports)
         self._data_seed: int | None = None  # the run's data seed, once described
         # Epochs not yet journaled: flat float64 rows [step, time_ms, *values] of the metric
         # names in _keys (no Python object per epoch: nothing for the GC to walk).
@@ -213,6 +214,7 @@ class Recorder:
             # One call adds the whole row: Ctrl-C or SIGTERM, whose handler runs between
             # Python steps, never leaves half a row behind for the run's end to record.
             self._buffer.extend((step, time.time() * 1000.0, *metrics.values()))
+            self.last_epoch = step
 
     def _start_keys(self, keys: list[str]) -> None:
         """New metric names: close the rows so far into a record (caller holds the lock)."""
