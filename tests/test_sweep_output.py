@@ -146,7 +146,9 @@ def test_a_sweep_that_stopped_on_an_error_names_it(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert (f"Sweep {run_id} FAILED: 0 run(s), 0 failed, 0 killed; stopped on: In 'config': "
             "Could not find x") in out.splitlines()
-    assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"
+    parent = MlflowClient(uri).get_run(run_id)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["error"] == "In 'config': Could not find x"  # not "stopped early"
 
 
 def test_a_csv_every_job_misses_ends_the_sweep_before_any_run(tmp_path) -> None:
@@ -156,3 +158,38 @@ def test_a_csv_every_job_misses_ends_the_sweep_before_any_run(tmp_path) -> None:
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "missing.csv" in lines[0], done.stderr
     assert runs_in(tmp_path) == []
+
+
+def test_a_failure_while_a_sweep_starts_stops_it_instead_of_running_it_parentless(
+        capsys) -> None:
+    """Hydra only warns about an exception from on_multirun_start and then runs every job
+    as a lone run; the callback turns it into exit 1 (a config without hydra.sweep breaks
+    the start here)."""
+    from omegaconf import OmegaConf
+
+    from pipeline.sweeps.callback import SweepCallback
+
+    with pytest.raises(SystemExit) as stopped:
+        SweepCallback().on_multirun_start(config=OmegaConf.create({"hydra": {}}))
+    assert stopped.value.code == 1
+    assert "the sweep could not start" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_glob_over_a_config_group_sweeps_under_one_parent(tmp_path) -> None:
+    """``optimizer=glob(...)`` needs Hydra's config loader to list the options: without it
+    the sweep's start failed and every job ran without a parent run."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "-m", "optimizer=glob(*,exclude=[momentum,rmsprop])",
+         "train.epochs=5", "train.progress=false", "tracking.plots=false",
+         f"tracking.uri={store}", f"hydra.sweep.dir={tmp_path / 'sw'}",
+         f"pipeline.cache_dir={tmp_path / 'c'}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ConfigLoader is not set" not in done.stderr
+    client = MlflowClient(store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(c.data.params["optimizer.name"] for c in children) == ["adam", "sgd"]

@@ -43,6 +43,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,18 @@ class SweepCallback(Callback):
         _require_writable("hydra.run.dir", Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns an exception raised here into a warning and runs every job without a
+        # parent run, as if each were a single run: a bug here stops the sweep instead.
+        try:
+            self._start(config)
+        except Exception:
+            traceback.print_exc()
+            print("error: the sweep could not start (a bug: the traceback above); no job ran",
+                  file=sys.stderr)
+            raise SystemExit(1) from None
+
+    def _start(self, config: DictConfig) -> None:
+        """Check the sweep, create its parent run and hand every job what it needs."""
         global _open
         raise_if_stopping()  # an interrupt Python dropped while Hydra composed the sweep
         _require_writable("hydra.sweep.dir", Path(str(config.hydra.sweep.dir)))
@@ -610,7 +623,8 @@ def finish_open_sweep(*, aborted: bool = False, interrupted: bool = False,
         parent.store is not None and parts and any(parts.values()) and not interrupted) else None
     summary = parent.finish(aborted=aborted, interrupted=interrupted, not_started=not_started,
                             max_failures=_open_settings.get("max_failures"),
-                            on_best=best.start if best is not None else None)
+                            on_best=best.start if best is not None else None,
+                            error=error if aborted else None)
     if summary is None:
         if parent.run_id:
             log.info("sweep parent run %s %s", parent.run_id, parent.status)

@@ -26,6 +26,21 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 
+def parse_overrides(entries: Sequence[str]) -> list[Any]:
+    """Hydra's parsed ``entries``, able to list their values: a ``glob(...)`` over a config
+    group's options needs the config loader, which Hydra's sweepers set and a bare parse
+    does not ("ConfigLoader is not set")."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(entries))
+    hydra = GlobalHydra.instance()
+    if hydra.is_initialized():
+        for override in parsed:
+            override.config_loader = hydra.config_loader()
+    return parsed
+
+
 def check_jobs_cheaply(on: bool = True) -> None:
     """Have the sweeper check a batch of jobs by composing one job per shape.
 

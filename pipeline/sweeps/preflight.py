@@ -22,6 +22,7 @@ from omegaconf import DictConfig, open_dict
 
 from pipeline.config.schema import typo_line, validate
 from pipeline.errors import PipelineError
+from pipeline.sweeps.composition import parse_overrides
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -97,13 +98,11 @@ def _jobs(config: DictConfig, search_space: dict[str, str],
     """The overrides of the sweep's jobs, first job first (the basic sweeper's order): the
     values in turn of each discrete sweep that ``varies``, the first value of the others;
     an ``interval`` (Optuna) is left at the config's value."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     task = [str(o) for o in config.hydra.overrides.task]
     given = {entry.split("=", 1)[0].lstrip("+~") for entry in task}
     entries = [*task, *(f"{k}={v}" for k, v in search_space.items() if k not in given)]
     choices: list[list[str]] = []
-    for override in OverridesParser.create().parse_overrides(entries):
+    for override in parse_overrides(entries):
         if not override.is_sweep_override():
             choices.append([override.input_line])
         elif override.is_discrete_sweep():

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from pipeline.config.schema import SweepConfig
 from pipeline.errors import PipelineError
+from pipeline.sweeps.composition import parse_overrides
 
 log = logging.getLogger("pipeline.sweep")
 
@@ -58,16 +59,13 @@ def _job_splits(config: DictConfig, search_space: dict[str, str]
                 ) -> Iterator[tuple[Any, Any, list[str]]]:
     """``(val_fraction, folds, swept)`` for each kind of job the sweep runs, as far as the
     split goes (``swept``: the swept values that make that kind)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     task = [str(o) for o in config.hydra.overrides.task]
-    parser = OverridesParser.create()
     choices: dict[str, list[str]] = {}  # key -> the values the sweep gives it
     groups: set[str] = set()
     swept: set[str] = set()
     repository = _repository()
     entries = [*task, *(f"{k}={v}" for k, v in search_space.items())]
-    for override in parser.parse_overrides(entries):
+    for override in parse_overrides(entries):
         key = override.get_key_element().lstrip("+~")
         group = repository is not None and repository.group_exists(override.key_or_group)
         if key not in SPLIT_KEYS and not (group and override.is_sweep_override()):
@@ -141,11 +139,10 @@ def _compose(config: DictConfig, task: Sequence[str], job: list[str]) -> DictCon
     """The config of a job of this sweep with the values ``job`` (the task overrides'
     swept values replaced by them, the others' first values)."""
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     given = {entry.split("=", 1)[0] for entry in job}
     overrides = []
-    for override in OverridesParser.create().parse_overrides(list(task)):
+    for override in parse_overrides(task):
         key = override.get_key_element()
         if key in given:
             continue
