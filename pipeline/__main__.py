@@ -276,6 +276,7 @@ def cli() -> None:
     os.environ[TRACEBACKS_ENV] = "1" if tracebacks else "0"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     code = 0
+    stopped_on: str | None = None  # the one line a sweep stopped on, for its parent's tag
     try:
         main()
     except KeyboardInterrupt as stop:
@@ -286,7 +287,8 @@ def cli() -> None:
         code = 1
         if tracebacks:
             raise
-        print(compose_error_line(error), file=sys.stderr)
+        stopped_on = compose_error_line(error)
+        print(stopped_on, file=sys.stderr)
     except OSError as error:
         if error.errno != errno.ENAMETOOLONG or tracebacks:
             code = 1
@@ -307,7 +309,8 @@ def cli() -> None:
             code = 143 if isinstance(stopped, Terminated) else 130
         stop_warming()  # joblib workers still starting: ended before the interpreter exits
         # Hydra skips on_multirun_end when a job failed: close the sweep's parent run here.
-        failed = finish_open_sweep(aborted=code != 0, interrupted=code in (130, 143))
+        failed = finish_open_sweep(aborted=code != 0, interrupted=code in (130, 143),
+                                   error=stopped_on)
         if failed != 0 and code == 0:
             code = 1
     _forget_unhandled_interrupt()

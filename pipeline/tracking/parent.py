@@ -337,8 +337,10 @@ class SweepParent:
 
     def finish(self, *, aborted: bool = False, interrupted: bool = False,
                not_started: int = 0, max_failures: int | None = None,
-               on_best: Callable[[str], None] | None = None) -> Summary | None:
-        """Summarise the children onto the parent and end it.
+               on_best: Callable[[str], None] | None = None,
+               error: str | None = None) -> Summary | None:
+        """Summarise the children onto the parent and end it (``error``: the line an
+        aborted sweep stopped on, its ``error`` tag).
 
         Status: KILLED when ``interrupted``, FAILED when a job failed or ``aborted``, else
         FINISHED; ``not_started`` jobs were skipped once ``max_failures`` jobs had failed.
@@ -348,7 +350,7 @@ class SweepParent:
         if self._heartbeat is not None:
             self._heartbeat.stop()
         summary = None
-        error = None
+        stopped_on, error = error, None
         if self.store is not None and self.run_id is not None and self.experiment_id:
             try:
                 summary = summarise(self.store, self.experiment_id, self.run_id, self.metric,
@@ -362,7 +364,8 @@ class SweepParent:
                 log.warning("%s", error, exc_info=True)
         counts = summary.counts if summary is not None else None
         ending = ParentEnding(aborted=aborted, interrupted=interrupted,
-                              not_started=not_started, max_failures=max_failures)
+                              not_started=not_started, max_failures=max_failures,
+                              stopped_on=stopped_on)
         status, error = ending.outcome(counts, summary_error=error)
         with contextlib.suppress(OSError):
             self.journal.append(ending.record(status, error, counts))
@@ -391,6 +394,7 @@ class ParentEnding:
     not_started: int = 0  # jobs sweep.max_failures kept from starting
     max_failures: int | None = None
     died: bool = False  # no end record: the launcher was killed
+    stopped_on: str | None = None  # the error an aborted sweep stopped on, if it had one
 
     @classmethod
     def of(cls, end: Mapping[str, Any] | None) -> ParentEnding:
@@ -402,8 +406,10 @@ class ParentEnding:
         if not_started is None:
             found = re.search(r"(\d+) job\(s\) not started", str(end.get("error") or ""))
             not_started = int(found.group(1)) if found else 0
+        stopped_on = end.get("stopped_on")
         return cls(aborted=bool(end.get("aborted")), interrupted=end["status"] == "KILLED",
-                   not_started=int(not_started), max_failures=end.get("max_failures"))
+                   not_started=int(not_started), max_failures=end.get("max_failures"),
+                   stopped_on=str(stopped_on)[:8000] if stopped_on else None)
 
     def outcome(self, counts: Counts | None, *, summary_error: str | None = None
                 ) -> tuple[str, str | None]:
@@ -424,14 +430,15 @@ class ParentEnding:
             error = (f"{error or 'jobs failed'}; sweep.max_failures={self.max_failures} "
                      f"reached: {self.not_started} job(s) not started")
         if self.aborted and error is None:
-            error = "the sweep stopped before its end (see its output)"
+            error = self.stopped_on or "the sweep stopped before its end (see its output)"
         return status, error
 
     def record(self, status: str, error: str | None, counts: Counts | None
                ) -> dict[str, Any]:
         """The parent's ``end`` record."""
         record = {**names.end_record(status, error), "aborted": self.aborted,
-                  "not_started": self.not_started, "max_failures": self.max_failures}
+                  "not_started": self.not_started, "max_failures": self.max_failures,
+                  "stopped_on": self.stopped_on}
         if counts is not None:
             record["counts"] = {"children": counts.children, "failed": counts.failed,
                                 "killed": counts.killed}

@@ -28,6 +28,7 @@ import json
 import math
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -559,6 +560,14 @@ def _plot_metric_vs_params(table: pd.DataFrame, params: list[str], metric: str,
     return paths
 
 
+def _tight(fig: Any) -> None:
+    """Fit the figure's labels; a legend too wide to fit stays as it is, without a warning
+    (the sweep printed one per plot after its job lines)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
+        fig.tight_layout()
+
+
 def _save_vs(fig: Any, ax: Any, metric: str, name: str, ylabel: str, folder: Path) -> Path:
     """Label a '<metric> vs <setting>' plot, write it as a PNG in ``folder`` and close it."""
     import matplotlib.pyplot as plt
@@ -566,7 +575,7 @@ def _save_vs(fig: Any, ax: Any, metric: str, name: str, ylabel: str, folder: Pat
     ax.set_xlabel(name)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{metric} vs {name}")
-    fig.tight_layout()
+    _tight(fig)
     path = folder / f"{metric}_vs_{name.replace('/', '_')}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -595,7 +604,7 @@ def _plot_curves(store: Store, table: pd.DataFrame, params: list[str], folder: P
     ax.set_title("training curves of every child run" if shown == len(table)
                  else f"training curves of the {shown} best child runs")
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    _tight(fig)
     path = folder / "training_curves.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
