@@ -27,7 +27,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
+def wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
+    """Until ``url`` answers 200; the server's log tail if it exits or never answers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -65,7 +66,7 @@ def start_mlflow_server(backend: str, workdir: Path) -> Iterator[str]:
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir,
         )
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health", process, 120, log)
+        wait_http(f"http://127.0.0.1:{port}/health", process, 120, log)
         yield f"http://127.0.0.1:{port}"
     finally:
         _stop(process)
@@ -105,7 +106,7 @@ class MlflowServer:
                 start_new_session=True,
             )
         try:
-            _wait_http(f"{self.url}/health", self._process, timeout, log)
+            wait_http(f"{self.url}/health", self._process, timeout, log)
         except BaseException:
             self.stop()
             raise

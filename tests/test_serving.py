@@ -33,7 +33,7 @@ from pipeline.run.runner import RunResult, format_summary
 from pipeline.tracking.labels import class_labels, integer_classes
 from stages.train import build_model
 from tests.conftest import FAST
-from tests.servers import free_port
+from tests.servers import free_port, wait_http
 
 VENV_BIN = str(Path(sys.executable).parent)
 # What a new user's shell has: no venv on the PATH, no tracking URI.
@@ -60,15 +60,7 @@ def predict_over_http(server: subprocess.Popen, log: Path, port: int,
                       raw: pd.DataFrame) -> list[dict]:
     """Once ``server`` (its output in ``log``) answers /ping on 127.0.0.1:``port``, the
     predictions it gives for the rows of ``raw``, sent as a dataframe_split."""
-    deadline = time.monotonic() + 120
-    while True:
-        assert server.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                break
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.3)
+    wait_http(f"http://127.0.0.1:{port}/ping", server, 120, log)
     body = {"dataframe_split": {"columns": list(raw.columns), "data": raw.to_numpy().tolist()}}
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),

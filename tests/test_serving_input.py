@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 
 from pipeline.commands.serve import serve_command, serving_env
 from stages.train import build_model
-from tests.servers import free_port
+from tests.servers import free_port, wait_http
 
 FEATURES = ["Frequency", "Amplitude"]
 
@@ -63,15 +62,7 @@ def server(logged: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) ->
                                    stderr=subprocess.STDOUT, env=serving_env(uri),
                                    start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.3)
+        wait_http(f"http://127.0.0.1:{port}/ping", process, 120, log)
         yield port
     finally:
         with contextlib.suppress(ProcessLookupError):
