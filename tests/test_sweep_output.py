@@ -193,3 +193,25 @@ def test_a_glob_over_a_config_group_sweeps_under_one_parent(tmp_path) -> None:
     (parent,) = [r for r in runs if r.data.tags.get("sweep") == "parent"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(c.data.params["optimizer.name"] for c in children) == ["adam", "sgd"]
+
+
+def test_a_failure_while_a_sweep_starts_after_ctrl_c_ends_as_the_interrupt(
+        monkeypatch, capsys) -> None:
+    """Ctrl-C while MLflow imports can leave a half-built module whose next use fails: with a
+    stop asked, the start's error ends the sweep as that interrupt (exit 130), no traceback."""
+    from omegaconf import OmegaConf
+
+    from pipeline.sweeps import callback
+
+    interrupt = KeyboardInterrupt()
+    calls = iter([None])  # the start's own first check passes: the signal comes after it
+
+    def check_then_stop() -> None:
+        if next(calls, "stop") == "stop":
+            raise interrupt
+
+    monkeypatch.setattr(callback, "raise_if_stopping", check_then_stop)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        callback.SweepCallback().on_multirun_start(config=OmegaConf.create({"hydra": {}}))
+    assert stopped.value is interrupt
+    assert "Traceback" not in capsys.readouterr().err

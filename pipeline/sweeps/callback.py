@@ -117,6 +117,9 @@ class SweepCallback(Callback):
         try:
             self._start(config)
         except Exception:
+            # Ctrl-C during an import can leave a half-built module whose next use fails:
+            # once a stop was asked, that error ends the sweep as the interrupt it follows.
+            raise_if_stopping()
             traceback.print_exc()
             print("error: the sweep could not start (a bug: the traceback above); no job ran",
                   file=sys.stderr)
