@@ -378,3 +378,36 @@ def test_load_model_from_any_folder_with_the_tracking_uri(trained: Trained,
     kind, labels = done.stdout.strip().split(" ", 1)
     assert kind == "i" and set(json.loads(labels)) <= {0, 1}
     assert sorted(p.name for p in folder.iterdir()) == []  # no stray mlflow.db or mlruns/
+
+
+@pytest.mark.slow
+def test_the_model_pins_the_installed_packages(trained: Trained, tmp_path: Path) -> None:
+    """The logged model's requirements are this environment's own versions: why the run skips
+    MLflow's slow check of them against the environment (pipeline.tracking.model)."""
+    from importlib.metadata import version
+
+    import mlflow
+
+    mlflow.set_tracking_uri(trained.uri)
+    path = mlflow.pyfunc.get_model_dependencies(f"models:/{trained.model_id}")
+    pins = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    assert {pin.split("==")[0] for pin in pins} == {"mlflow", "numpy", "pandas", "pyarrow"}
+    for pin in pins:
+        name, _, pinned = pin.partition("==")
+        assert pinned == version(name), pin
+
+
+def test_only_the_models_own_pins_skip_mlflows_check(monkeypatch) -> None:
+    """Any other requirement list still goes through MLflow's check of the environment."""
+    import mlflow.utils.environment as mlflow_environment
+
+    from pipeline.tracking import model
+
+    checked: list[list[str]] = []
+    monkeypatch.setattr(mlflow_environment, "warn_dependency_requirement_mismatches",
+                        checked.append)
+    model._trust_own_pins()
+    mlflow_environment.warn_dependency_requirement_mismatches(model._requirements())
+    assert checked == []
+    mlflow_environment.warn_dependency_requirement_mismatches(["numpy==0.0.1"])
+    assert checked == [["numpy==0.0.1"]]

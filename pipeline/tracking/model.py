@@ -7,12 +7,14 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import mlflow
+import mlflow.utils.environment as mlflow_environment
 import numpy as np
 import pandas as pd
 from mlflow.models import Model, ModelSignature
@@ -50,6 +52,30 @@ def _requirements() -> list[str]:
         f"pandas=={pd.__version__}",
         f"pyarrow=={pyarrow.__version__}",
     ]
+
+
+_PIN_CHECK = "warn_dependency_requirement_mismatches"
+_pin_check_lock = threading.Lock()
+
+
+def _trust_own_pins() -> None:
+    """Skip MLflow's check of a logged model's pins against this environment when the pins
+    are :func:`_requirements`. Those are read from the installed packages themselves, so the
+    check cannot find a mismatch; it first maps every file of every installed distribution
+    to its package (~0.5 s, once per process, on the run's critical path). Any other
+    requirement list is still checked by MLflow as before."""
+    with _pin_check_lock:
+        check = getattr(mlflow_environment, _PIN_CHECK, None)
+        if check is None or getattr(check, "own_pins_trusted", False):
+            return
+
+        def checked_unless_own(requirements: list[str]) -> None:
+            if set(requirements) <= set(_requirements()):
+                return
+            check(requirements)
+
+        checked_unless_own.own_pins_trusted = True  # type: ignore[attr-defined]
+        setattr(mlflow_environment, _PIN_CHECK, checked_unless_own)
 
 
 def signature(classes: Sequence[str]) -> ModelSignature:
@@ -133,6 +159,7 @@ def log_model(store: Store, experiment_id: str, run_id: str, checkpoint: Path,
         # Model.log writes to the global store, and files the model under the global
         # experiment (not the run's) unless the environment names one.
         mlflow.set_tracking_uri(store.uri)
+        _trust_own_pins()
         # "Validating input example against model signature": MLflow also predicts the
         # example through the model, as a served request would be.
         with warnings.catch_warnings(), _environment(MLFLOW_EXPERIMENT_ID=experiment_id), \
