@@ -74,7 +74,8 @@ def _run(tmp_path: Path, store: str, *args: str) -> str:
 @pytest.mark.slow
 def test_a_runs_record_names_what_it_used(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    rf = _run(tmp_path, store, f"hydra.run.dir={tmp_path / 'rf'}")
+    # A small learning rate: the loss still falls at epoch 20 (a ConvergenceWarning).
+    rf = _run(tmp_path, store, "optimizer.lr=0.001", f"hydra.run.dir={tmp_path / 'rf'}")
     rng = np.random.default_rng(0)
     csv = tmp_path / "patients.csv"
     rows = [f"{a:.3f},{b:.3f},{int(a + b > 0)}" for a, b in rng.normal(size=(80, 2))]
@@ -100,6 +101,8 @@ def test_a_runs_record_names_what_it_used(tmp_path: Path) -> None:
         assert "mlflow.user" not in source["tags"] and "generator" in source["tags"]
     names = sorted(Path(f.path).name for f in client.list_artifacts(rf, "checkpoints"))
     assert names == ["epoch_0000010.json", "epoch_0000020.json", "final.json"]
+    assert run.data.tags["warnings"].startswith(
+        "ConvergenceWarning: training stopped at the epoch limit (20) while val_loss")
 
     datasets = client.get_run(from_csv).inputs.dataset_inputs
     assert {d.dataset.name for d in datasets} == {"patients.csv"}

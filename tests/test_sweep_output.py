@@ -42,6 +42,10 @@ def test_a_job_line_has_number_values_metric_status_and_seconds() -> None:
     assert line == ("[job 3] optimizer.lr=0.1 model.hidden_sizes=[8]  val_accuracy 0.9750  "
                     "FINISHED  1.2 s")
     assert job_line(0, [], "val_accuracy", None, "FAILED", 0.04) == "[job 0]  FAILED  0.0 s"
+    assert job_line(1, ["seed=1"], "val_accuracy", 0.5, "FINISHED", 0.1,
+                    ["ConvergenceWarning", "UserWarning"]) == (
+        "[job 1] seed=1  val_accuracy 0.5000  FINISHED  0.1 s  "
+        "warned: ConvergenceWarning, UserWarning")
 
 
 def test_everything_a_parallel_job_prints_carries_its_prefix(capsys) -> None:
@@ -89,7 +93,7 @@ def test_a_sweep_prints_one_line_per_job_then_the_leaderboard(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     jobs = re.findall(r"^\[job (\d)\] optimizer\.lr=(\S+)  val_accuracy \d\.\d{4}  FINISHED  "
-                      r"\d+\.\d s$", out, re.M)
+                      r"\d+\.\d s(?:  warned: ConvergenceWarning)?$", out, re.M)
     assert jobs == [("0", "0.05"), ("1", "0.2")], out
     assert "Confusion matrix" not in out and "Metrics" not in out
     assert "\t#" not in out + done.stderr  # Hydra's line per launched job
@@ -100,9 +104,33 @@ def test_a_sweep_prints_one_line_per_job_then_the_leaderboard(tmp_path) -> None:
     # The detail stays in the job's own log file.
     assert "stage train" in (tmp_path / "sweep" / "0" / "__main__.log").read_text()
     # Before the leaderboard: the parent's line, Hydra's "Launching 2 jobs", and one line
-    # per job (a job's warning, if any, besides).
+    # per job (a warning of the job's own, such as a dirty git tree, besides).
     head = out[:re.search(r"^Sweep \w+ FINISHED", out, re.M).start()]
     assert len([line for line in head.splitlines() if "WARNING" not in line]) == 4, head
+
+
+@pytest.mark.slow
+def test_a_quiet_sweep_names_each_jobs_warnings_in_its_line_and_counts_them(tmp_path) -> None:
+    """A ConvergenceWarning per job is one word on the job's line and one line at the end,
+    not a long line per job; its text stays in the job's log file and its run's tag."""
+    done = sweep(tmp_path, "seed=1,2", "optimizer.lr=0.001", *TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    jobs = re.findall(r"^\[job (\d)\] seed=\d  .*FINISHED  \d+\.\d s  warned: ConvergenceWarning$",
+                      out, re.M)
+    assert jobs == ["0", "1"], out
+    assert "ConvergenceWarning: training stopped" not in out, out
+    assert re.search(r"^Warnings: ConvergenceWarning in 2 of 2 runs \(e\.g\. training stopped "
+                     r"at the epoch limit \(20\).*\); each run's warnings tag has its own$",
+                     out, re.M), out
+    for num in (0, 1):
+        log = (tmp_path / "sweep" / str(num) / "__main__.log").read_text()
+        assert "ConvergenceWarning: training stopped at the epoch limit (20)" in log
+    children = [r for r in runs_in(tmp_path) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2
+    for child in children:
+        assert child.data.tags["warnings"].startswith(
+            "ConvergenceWarning: training stopped at the epoch limit (20) while val_loss")
 
 
 @pytest.mark.slow

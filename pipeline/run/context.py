@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The logger a run shows Python warnings through (the core's ConvergenceWarning, say), one
+# line each: a sweep's compact output folds them into the job's line instead.
+WARNINGS_LOGGER = "pipeline.warnings"
+
 
 @dataclass(frozen=True)
 class SweepJob:

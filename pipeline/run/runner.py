@@ -39,7 +39,7 @@ from pipeline.errors import PipelineError, Terminated
 from pipeline.files import atomic_path, digest_file
 from pipeline.mlp import MLP, CheckpointError, TrainingDiverged
 from pipeline.run import artifacts
-from pipeline.run.context import SweepJob
+from pipeline.run.context import WARNINGS_LOGGER, SweepJob
 from pipeline.run.data import (
     DataStages,
     check_input_file,
@@ -102,12 +102,25 @@ class RunResult:
 # -- helpers ------------------------------------------------------------------------------
 def warnings_as_log_lines() -> None:
     """Show warnings (the core's ConvergenceWarning, say) as one log line each, not as
-    Python's two lines with the source line that raised them."""
+    Python's two lines with the source line that raised them; the run under way records
+    the first of each kind (see :func:`run_warnings`)."""
+    shown = logging.getLogger(WARNINGS_LOGGER)
+
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: Any = None, line: str | None = None) -> None:
-        log.warning("%s: %s", category.__name__, message)
+        _warned.setdefault(category.__name__, str(message).splitlines()[0] if message else "")
+        shown.warning("%s: %s", category.__name__, message)
 
+    _warned.clear()  # a process runs one run after another (a sweep's jobs)
     warnings.showwarning = show
+
+
+_warned: dict[str, str] = {}  # the run's warnings so far: kind -> its first message
+
+
+def run_warnings() -> str:
+    """The run's warnings, one line each (``ConvergenceWarning: <first message>``)."""
+    return "\n".join(f"{kind}: {message}" for kind, message in _warned.items())
 
 
 def _write_error(error: OSError, output_dir: Path, cache_dir: str | None) -> str:
@@ -466,6 +479,8 @@ def _record(config: Config, recorder: Recorder, spec: RunSpec, recording: Record
             return {**{k: parts[k] for k in parts if k not in outcome.timings},
                     "total": now - origin}
 
+        if _warned:
+            recorder.warned(run_warnings())
         recorder.finish(outcome, late_timings)
         timings["tracking"] = time.perf_counter() - started
         log.info("stage %-9s %.3f s", "tracking", timings["tracking"])

@@ -70,6 +70,7 @@ from pipeline.sweeps.output import (
     hide_launch_lines,
     job_line,
     quiet_console,
+    warned_kinds,
 )
 from pipeline.sweeps.preflight import check_jobs
 from pipeline.sweeps.selection import check_selection
@@ -226,15 +227,17 @@ class SweepCallback(Callback):
         watch, _job_watch = _job_watch, None
         if watch is None:
             return
+        warned: list[str] = []
         if watch.quiet:
             quiet_console(False)
+            warned = warned_kinds()
         swept = set(watch.swept)
         values = [str(o) for o in config.hydra.overrides.task if _key(str(o)) in swept]
         metric = str(OmegaConf.select(config, "sweep.metric", default="") or "")
         status, value = _job_outcome(job_return, Path(str(config.hydra.runtime.output_dir)),
                                      watch)
         print(job_line(int(config.hydra.job.num), values, metric, value, status,
-                       time.monotonic() - watch.monotonic), flush=True)
+                       time.monotonic() - watch.monotonic, warned), flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         check_jobs_cheaply(False)
@@ -725,7 +728,7 @@ def _print_leaderboard(parent: SweepParent, summary: Any, not_started: int,
         board = board.copy()
         board.index = range(1, len(board) + 1)
         print(board.to_string(), flush=True)
-    for line in (summary.final_estimate, summary.comparison):
+    for line in (summary.final_estimate, summary.comparison, summary.warnings):
         if line:
             print(line, flush=True)
     if parent.url:

@@ -17,6 +17,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
+from pipeline.run.context import WARNINGS_LOGGER
+
 # What Hydra's launchers (the basic one, and ours for joblib) log for every job they
 # start: "\t#3 : optimizer.lr=0.1 ..." (the job's own line at its end says it again), and
 # the joblib launcher's every setting of joblib.Parallel.
@@ -29,13 +31,16 @@ def job_prefix(num: int) -> str:
 
 
 def job_line(num: int, values: Sequence[str], metric: str, value: float | None,
-             status: str, seconds: float) -> str:
+             status: str, seconds: float, warned: Sequence[str] = ()) -> str:
     """``[job 3] optimizer.lr=0.1 model.hidden_sizes=[8]  val_accuracy 0.9750  FINISHED
-    1.2 s``: the job's swept ``values``, its selection ``metric``, ``status``, time."""
+    1.2 s``: the job's swept ``values``, its selection ``metric``, ``status``, time, and
+    the kinds of warning its run showed (``warned: ConvergenceWarning``)."""
     parts = [" ".join([job_prefix(num), *values])]
     if value is not None:
         parts.append(f"{metric} {value:.4f}")
     parts += [status, f"{seconds:.1f} s"]
+    if warned:
+        parts.append(f"warned: {', '.join(warned)}")
     return "  ".join(parts)
 
 
@@ -124,22 +129,44 @@ def hide_launch_lines(hide: bool = True) -> None:
 
 
 class _WarningsOnly(logging.Filter):
+    """Passes warnings and errors. A run's Python warnings (the core's ConvergenceWarning,
+    one per job of a sweep that stops at its epoch limit) are noted by kind for the job's
+    line instead: the job's log file and its run's ``warnings`` tag keep their text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warned: dict[str, None] = {}  # the kinds noted, in order
+
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == WARNINGS_LOGGER:
+            kind = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            self.warned[str(kind or "warning")] = None
+            return False
         return record.levelno >= logging.WARNING
 
 
 _warnings_only = _WarningsOnly()
 
 
+def warned_kinds() -> list[str]:
+    """The kinds of warning held back from the console since the last call (see
+    :func:`quiet_console`)."""
+    kinds = list(_warnings_only.warned)
+    _warnings_only.warned.clear()
+    return kinds
+
+
 def quiet_console(quiet: bool = True) -> None:
     """Have the console handlers of the root logger pass warnings and errors only
-    (``quiet``), or everything again. The job's log file (Hydra's ``<job dir>/*.log``) and
-    its run keep every line."""
+    (``quiet``), or everything again. A run's Python warnings are held back too, by kind
+    (:func:`warned_kinds`). The job's log file (Hydra's ``<job dir>/*.log``) and its run
+    keep every line."""
     for handler in logging.getLogger().handlers:
         if not isinstance(handler, logging.StreamHandler) or isinstance(
                 handler, logging.FileHandler):
             continue
         if quiet:
+            _warnings_only.warned.clear()  # an earlier job's
             handler.addFilter(_warnings_only)
         else:
             handler.removeFilter(_warnings_only)

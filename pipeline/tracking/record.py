@@ -42,6 +42,8 @@ PLOTS_LOGGED_TAG = "plots_logged"
 CHILD_RECORD_TAG = "child_record"  # a sweep child's: "lean" or "full" (sweep.child_record)
 PARENT_TAG = "mlflow.parentRunId"
 ERROR_TAG = "error"
+# The Python warnings a run showed (one line each: "ConvergenceWarning: <first message>").
+WARNINGS_TAG = "warnings"
 INCOMPLETE = "incomplete record: the journal holds the rest"  # the error tag, until synced
 RESUMED_FROM_TAG = "resumed_from"
 RESUMED_CHECKPOINT_TAG = "resumed_from_checkpoint"

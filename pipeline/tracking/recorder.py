@@ -233,6 +233,10 @@ class Recorder:
                                        data_seed=self._data_seed))
         self._kick.set()
 
+    def warned(self, lines: str) -> None:
+        """The Python warnings the run showed, one line each (its ``warnings`` tag)."""
+        self.add([{"k": "tags", "tags": {names.WARNINGS_TAG: lines}}])
+
     def plots_drawn(self) -> None:
         """The plots are in the artifact folder (sent with it by :meth:`finish`)."""
         self.add([{"k": "tags", "tags": {names.PLOTS_LOGGED_TAG: "true"}}])

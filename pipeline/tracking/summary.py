@@ -43,6 +43,7 @@ from pipeline.tracking.record import (
     CONFIG_DIGEST_TAG,
     ENDED_BY_RESUME_TAG,
     SWEEP_OVERRIDES_TAG,
+    WARNINGS_TAG,
 )
 from pipeline.tracking.stats import (
     INTERVAL_METHOD,
@@ -92,6 +93,7 @@ class Summary:
     best_run_id: str | None = None  # the best run (of the best configuration)
     final_estimate: str | None = None  # the chosen one's test figure, labelled
     comparison: str | None = None  # best vs runner-up, paired by seed (one line)
+    warnings: str | None = None  # the warnings the runs showed, by kind (one line)
     ranked_by: str = ""  # "val_accuracy (ties: val_log_loss, then the job number)"
 
 
@@ -141,6 +143,7 @@ def children_table(store: Store, experiment_id: str, parent_id: str) -> pd.DataF
             "start_time": run.info.start_time,
             "config_digest": run.data.tags.get(CONFIG_DIGEST_TAG) or run.info.run_id,
             "error": run.data.tags.get("error", ""),
+            "warnings": run.data.tags.get(WARNINGS_TAG, ""),
             # Killed with its sweep before it recorded its config: a resumed sweep ran it again.
             "blank": (CONFIG_DIGEST_TAG not in run.data.tags
                       and ENDED_BY_RESUME_TAG in run.data.tags),
@@ -151,6 +154,25 @@ def children_table(store: Store, experiment_id: str, parent_id: str) -> pd.DataF
         row.update({f"metric:{k}": v for k, v in run.data.metrics.items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def warnings_line(children: pd.DataFrame) -> str | None:
+    """``Warnings: ConvergenceWarning in 8 of 8 runs (e.g. <a run's message>)``: what the
+    runs' ``warnings`` tags hold, counted by kind (None: no run warned)."""
+    if children.empty or "warnings" not in children:
+        return None
+    kinds: dict[str, list[str]] = {}
+    for text in children["warnings"]:
+        for line in str(text or "").splitlines():
+            kind, _, message = line.partition(": ")
+            kinds.setdefault(kind, []).append(message)
+    if not kinds:
+        return None
+    counted = "; ".join(f"{kind} in {len(messages)} of {len(children)} runs"
+                        for kind, messages in kinds.items())
+    example = next(iter(kinds.values()))[0]
+    return (f"Warnings: {counted} (e.g. {example}); each run's {WARNINGS_TAG} tag has "
+            "its own")
 
 
 def job_number(output_dir: str | None) -> float:
@@ -892,7 +914,8 @@ def summarise(store: Store, experiment_id: str, parent_id: str, metric: str, dir
                       best_run_id=(str(selection.best["run_id"])
                                    if selection.best is not None else None),
                       final_estimate=final_estimate(selection),
-                      comparison=comparison_line(selection), ranked_by=ranked_by(selection))
+                      comparison=comparison_line(selection), ranked_by=ranked_by(selection),
+                      warnings=warnings_line(children))
     if summary.comparison:
         store.call("tag the comparison", lambda: client.log_batch(parent_id, tags=[
             RunTag("runner_up_comparison", summary.comparison[:8000])]))
