@@ -111,7 +111,9 @@ def warnings_as_log_lines() -> None:
         _warned.setdefault(category.__name__, str(message).splitlines()[0] if message else "")
         shown.warning("%s: %s", category.__name__, message)
 
+    global _warnings_recorded
     _warned.clear()  # a process runs one run after another (a sweep's jobs)
+    _warnings_recorded = ""
     warnings.showwarning = show
 
 
@@ -121,6 +123,18 @@ _warned: dict[str, str] = {}  # the run's warnings so far: kind -> its first mes
 def run_warnings() -> str:
     """The run's warnings, one line each (``ConvergenceWarning: <first message>``)."""
     return "\n".join(f"{kind}: {message}" for kind, message in _warned.items())
+
+
+_warnings_recorded = ""  # what the run under way last recorded of run_warnings()
+
+
+def _record_warnings(recorder: Recorder) -> None:
+    """Tag the run with its warnings, if any came since they were last recorded."""
+    global _warnings_recorded
+    lines = run_warnings()
+    if lines and lines != _warnings_recorded:
+        recorder.warned(lines)
+    _warnings_recorded = lines
 
 
 def _write_error(error: OSError, output_dir: Path, cache_dir: str | None) -> str:
@@ -479,8 +493,7 @@ def _record(config: Config, recorder: Recorder, spec: RunSpec, recording: Record
             return {**{k: parts[k] for k in parts if k not in outcome.timings},
                     "total": now - origin}
 
-        if _warned:
-            recorder.warned(run_warnings())
+        _record_warnings(recorder)  # any since the results were recorded
         recorder.finish(outcome, late_timings)
         timings["tracking"] = time.perf_counter() - started
         log.info("stage %-9s %.3f s", "tracking", timings["tracking"])
@@ -665,6 +678,7 @@ def execute(
         validation=validation,
     )
     # The results go to the store while the plots are drawn; the artifact folder after.
+    _record_warnings(recorder)  # in the results' batch: no store call of its own
     recorder.record(outcome)
     timings["results"] = time.perf_counter() - results_started
     # A plot that failed printed its own line (pipeline.run.artifacts); the others are
