@@ -76,6 +76,8 @@ class Graph:
     imports: list[Import] = dataclasses.field(default_factory=list)
     # Third-party top-level packages each module imports at module level (not for types).
     packages: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    # Those it imports anywhere as it runs: in functions too (not for types).
+    runtime_packages: dict[str, set[str]] = dataclasses.field(default_factory=dict)
 
     def edges(self) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {m: set() for m in self.modules}
@@ -117,7 +119,8 @@ def build_graph(root: Path, packages: tuple[str, ...] = PACKAGES) -> Graph:
     """The import graph of ``packages`` under ``root``."""
     modules = {module_name(root, path): path for package in packages
                for path in sorted((root / package).rglob("*.py"))}
-    graph = Graph(modules, packages={m: set() for m in modules})
+    graph = Graph(modules, packages={m: set() for m in modules},
+                  runtime_packages={m: set() for m in modules})
 
     def project_module(name: str) -> str | None:
         while name and name not in modules:
@@ -140,6 +143,8 @@ def build_graph(root: Path, packages: tuple[str, ...] = PACKAGES) -> Graph:
             for name in names:
                 target = project_module(name)
                 if target is None:
+                    if not type_only:
+                        graph.runtime_packages[source].add(name.split(".")[0])
                     if not in_function and not type_only:
                         graph.packages[source].add(name.split(".")[0])
                 elif target != source:
@@ -283,6 +288,14 @@ def test_the_core_and_the_stages_keep_their_boundaries(graph: Graph) -> None:
     assert not stages, f"stages import more than stages and the core: {stages}"
 
 
+def test_only_tracking_imports_mlflow(graph: Graph) -> None:
+    """MLflow is ``pipeline.tracking``'s business: every other module reaches the store,
+    the registry and logged models through it (a type annotation may name MLflow's)."""
+    outside = sorted(module for module, packages in graph.runtime_packages.items()
+                     if "mlflow" in packages and not module.startswith("pipeline.tracking"))
+    assert not outside, f"modules that import MLflow outside pipeline.tracking: {outside}"
+
+
 def test_function_level_imports_are_there_for_start_up_time(graph: Graph) -> None:
     """A project module imported inside a function brings in a heavy package that the
     importing module has not imported yet: anything else is imported at module level."""
@@ -308,7 +321,7 @@ def test_the_checks_see_what_they_look_for(tmp_path: Path) -> None:
             "def best():\n    from ..run.runner import run\n"
             "    from pipeline.config import schema\n"),
         "pipeline/config/__init__.py": "",
-        "pipeline/config/schema.py": "import numpy\n",
+        "pipeline/config/schema.py": "import numpy\ndef f():\n    import mlflow.models\n",
         "stages/__init__.py": "",
     }
     for name, text in files.items():
@@ -326,6 +339,7 @@ def test_the_checks_see_what_they_look_for(tmp_path: Path) -> None:
     assert layer_of("pipeline.run.runner") == 2 and layer_of("pipeline.sweeps.callback") == 1
     assert heavy_packages(sample, "pipeline.run.runner") == {"pandas"}
     assert heavy_packages(sample, "pipeline.config.schema") == set()
+    assert sample.runtime_packages["pipeline.config.schema"] == {"numpy", "mlflow"}
 
 
 # -- each meaning defined once ----------------------------------------------------------------

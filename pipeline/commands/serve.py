@@ -31,10 +31,8 @@ import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 from pipeline.config.paths import DEFAULT_STORE
-from pipeline.tracking.record import CHILD_RECORD_TAG, MODEL_LOGGED_TAG
 
 if TYPE_CHECKING:
     from mlflow.models import Model
@@ -132,107 +130,24 @@ def serve_command(model: str, host: str, port: int) -> list[str]:
             "--host", host, "--port", str(port), "--workers", "1"]
 
 
-class NotServable(Exception):
-    """What keeps a model from being served, as a phrase for the one-line message."""
-
-
-def local_folder(model: str) -> Path | None:
-    """The folder ``MODEL=`` names, or None for a URI MLflow resolves (models:/, runs:/,
-    http://, s3://, ...)."""
-    parsed = urlparse(model)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    return None if parsed.scheme else Path(model).expanduser()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
-    return line if len(line) <= 200 else line[:197] + "..."
-
-
-def _describe_folder(folder: Path) -> Model:
-    """The model description in ``folder``/MLmodel, read as MLflow reads it."""
-    import yaml
-    from mlflow.models import Model
-
-    if not folder.exists():
-        raise NotServable("no such folder")
-    if not folder.is_dir():
-        raise NotServable("a file, not a model folder")
-    mlmodel = folder / "MLmodel"
-    if not mlmodel.is_file():
-        raise NotServable("the folder has no MLmodel file, so it is not an MLflow model")
-    bad = "its MLmodel file is not an MLflow model description"
-    try:
-        content = yaml.safe_load(mlmodel.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise NotServable(f"{bad} (not YAML)") from None
-    except OSError as error:
-        raise NotServable(f"cannot read its MLmodel file ({error.strerror or error})"
-                          ) from None
-    if not isinstance(content, dict):
-        raise NotServable(f"{bad} (not a mapping)")
-    try:
-        return Model.from_dict(content)
-    except Exception as error:  # a field of the wrong type, say
-        raise NotServable(f"{bad} ({_first_line(error)})") from None
-
-
-def servable(model: str) -> Model:
-    """The description of the model to serve; :class:`NotServable` when it cannot be read
-    or has no python_function flavor (what ``mlflow models serve`` loads)."""
-    from mlflow.models import Model
-
-    folder = local_folder(model)
-    if folder is not None:
-        description = _describe_folder(folder)
-    else:
-        try:
-            description = Model.load(model)  # its MLmodel, through the tracking store
-        except Exception as error:  # MLflow's errors name the missing run or model
-            raise NotServable(f"cannot read the model: {_first_line(error)}") from None
-    flavors = description.flavors or {}
-    if "python_function" not in flavors:
-        found = ", ".join(sorted(map(str, flavors))) or "none"
-        raise NotServable(f"its model has no python_function flavor (it has: {found}), "
-                          "which serving needs")
-    return description
-
-
-def input_columns(description: Model) -> list[str] | None:
-    """The column names of the model's input signature (None if it has none)."""
-    inputs = description.signature.inputs if description.signature is not None else None
-    names = inputs.input_names() if inputs is not None else None
-    return [str(n) for n in names] if names and all(isinstance(n, str) for n in names) else None
-
-
 def _resolve(uri: str, run_id: str | None, model: str | None,
              plugins: list[str]) -> tuple[str, list[str] | None]:
     """The model to serve and its input columns; PipelineError or NotServable otherwise. A
     folder needs no store; a run or a models:/ URI is looked up in ``uri``. Its preprocessor
     is restored as the server will (with the ``plugins`` the user named), so a transform
     whose module is not named is one line here, not a traceback from the server."""
-    import mlflow
-
     from pipeline.errors import PipelineError
-    from pipeline.tracking.model import served_model  # MLflow: not for --check-port
+    from pipeline.tracking.model import lean_without_model, resolve_served  # MLflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one-line output
-    if model is not None and local_folder(model) is not None:
-        target, description, columns = model, servable(model), None
-    else:
-        try:
-            target, columns = served_model(uri, run_id=run_id, model=model)
-        except PipelineError:
-            lean = _lean_child_problem(uri, run_id) if run_id and model is None else None
-            if lean is not None:
-                raise PipelineError(lean) from None
-            raise
-        mlflow.set_tracking_uri(uri)
-        description = servable(target)
+    try:
+        target, description, columns = resolve_served(uri, run_id=run_id, model=model)
+    except PipelineError:
+        if run_id and model is None and lean_without_model(uri, run_id):
+            raise PipelineError(_lean_child_line(uri, run_id)) from None
+        raise
     _check_preprocessor(target, description, plugins)
-    return target, columns if columns is not None else input_columns(description)
+    return target, columns
 
 
 def _check_preprocessor(target: str, description: Model, plugins: list[str]) -> None:
@@ -240,7 +155,7 @@ def _check_preprocessor(target: str, description: Model, plugins: list[str]) -> 
     restore the model's preprocessor (NotServable, one line, if it cannot be)."""
     import importlib
 
-    from pipeline.tracking.model import model_preprocessor
+    from pipeline.tracking.model import NotServable, first_line, model_preprocessor
     from stages.transforms import StoredMetadataError, UnknownTransformError
 
     for module in plugins:
@@ -248,7 +163,7 @@ def _check_preprocessor(target: str, description: Model, plugins: list[str]) -> 
             importlib.import_module(module)
         except Exception as error:  # ImportError, or the module's own error on import
             raise PluginProblem(f"PLUGINS: cannot import {module!r} ({type(error).__name__}: "
-                                f"{_first_line(error)}); make it importable (PYTHONPATH) or "
+                                f"{first_line(error)}); make it importable (PYTHONPATH) or "
                                 "drop it") from None
     try:
         model_preprocessor(target, description)
@@ -258,24 +173,15 @@ def _check_preprocessor(target: str, description: Model, plugins: list[str]) -> 
                             f"{error.module!r}, which is not imported; name it (importable on "
                             f"PYTHONPATH): make serve ... PLUGINS={named}") from None
     except StoredMetadataError as error:
-        raise NotServable(f"its preprocessing cannot be restored: {_first_line(error)}"
+        raise NotServable(f"its preprocessing cannot be restored: {first_line(error)}"
                           ) from None
     except Exception as error:  # MLflow could not fetch the checkpoint
-        raise NotServable(f"cannot read the model's checkpoint: {_first_line(error)}"
+        raise NotServable(f"cannot read the model's checkpoint: {first_line(error)}"
                           ) from None
 
 
-def _lean_child_problem(uri: str, run_id: str) -> str | None:
-    """The one line for a lean sweep job's run, which has no model until it is logged
-    (``make log-model``), or None for any other run."""
-    from mlflow.tracking import MlflowClient
-
-    try:
-        tags = MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
-    except Exception:  # the store's own error was reported already
-        return None
-    if tags.get(CHILD_RECORD_TAG) != "lean" or tags.get(MODEL_LOGGED_TAG) == "true":
-        return None
+def _lean_child_line(uri: str, run_id: str) -> str:
+    """The one line for a lean sweep job's run, which has no model until it is logged."""
     store = "" if uri == _default_store() else f" STORE={uri}"
     return (f"RUN_ID={run_id} is a lean sweep job (sweep.child_record=lean), which records "
             f"no model to keep sweeps fast; log its model first: make log-model "
@@ -285,24 +191,6 @@ def _lean_child_problem(uri: str, run_id: str) -> str | None:
 def _default_store() -> str:
     """The project's own store (what the make targets name without STORE=)."""
     return f"sqlite:///{DEFAULT_STORE}"
-
-
-def registered_source(uri: str, model: str | None) -> str:
-    """`` (version 3 of NAME, run <id>)`` for a ``models:/<name>@<alias>`` or
-    ``models:/<name>/<version>`` URI, else ""."""
-    from mlflow.tracking import MlflowClient
-
-    from pipeline.tracking.registry import RegistryError, parse_registry_uri, resolve
-
-    ref = parse_registry_uri(model) if model else None
-    if ref is None:
-        return ""
-    try:
-        version = resolve(MlflowClient(tracking_uri=uri), ref)
-    except RegistryError:
-        return ""
-    run = f", run {version.run_id}" if version.run_id else ""
-    return f" (version {version.version} of {ref.name}{run})"
 
 
 class PluginProblem(Exception):
@@ -326,6 +214,8 @@ def serve(uri: str | None, host: str, port: int, *, run_id: str | None,
     # Hydra and MLflow take seconds to import: `make ui`'s port check (--check-port) and a
     # usage error answer without them.
     from pipeline.errors import PipelineError
+    from pipeline.tracking.model import NotServable
+    from pipeline.tracking.registry import registered_source
     from pipeline.tracking.store import store_uri
 
     uri = store_uri(uri)

@@ -12,18 +12,22 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlparse
 
 import mlflow
 import mlflow.utils.environment as mlflow_environment
 import numpy as np
 import pandas as pd
+import yaml
 from mlflow.models import Model, ModelSignature
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 from pipeline.config.paths import PROJECT_ROOT
 from pipeline.errors import TrackingError
 from pipeline.tracking.labels import integer_classes
+from pipeline.tracking.record import CHILD_RECORD_TAG, MODEL_LOGGED_TAG
 from pipeline.tracking.store import Store, StoreError, explain, sqlite_path
 from stages.preprocess import Preprocessor
 from stages.transforms import StoredMetadataError
@@ -200,8 +204,6 @@ def served_model(uri: str, *, run_id: str | None = None,
     or a local folder); a ``models:/m-...`` id is checked. Raises :class:`ModelNotFound`
     (one line) for a missing store, run or model, or a run without a model.
     """
-    from mlflow.tracking import MlflowClient
-
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise ModelNotFound(f"no MLflow store at {db}: train a run first (make train), or "
@@ -279,3 +281,98 @@ def model_preprocessor(model: str, description: Model) -> Preprocessor:
         except (OSError, ValueError, AttributeError) as error:
             raise StoredMetadataError(f"its checkpoint cannot be read ({error})") from None
     return Preprocessor.from_metadata(meta, where="the model's checkpoint")
+
+
+class NotServable(Exception):
+    """What keeps a model from being served, as a phrase for the one-line message."""
+
+
+def local_folder(model: str) -> Path | None:
+    """The folder ``MODEL=`` names, or None for a URI MLflow resolves (models:/, runs:/,
+    http://, s3://, ...)."""
+    parsed = urlparse(model)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    return None if parsed.scheme else Path(model).expanduser()
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line, at most 200 characters (its type's name if it has none)."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _describe_folder(folder: Path) -> Model:
+    """The model description in ``folder``/MLmodel, read as MLflow reads it."""
+    if not folder.exists():
+        raise NotServable("no such folder")
+    if not folder.is_dir():
+        raise NotServable("a file, not a model folder")
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        raise NotServable("the folder has no MLmodel file, so it is not an MLflow model")
+    bad = "its MLmodel file is not an MLflow model description"
+    try:
+        content = yaml.safe_load(mlmodel.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise NotServable(f"{bad} (not YAML)") from None
+    except OSError as error:
+        raise NotServable(f"cannot read its MLmodel file ({error.strerror or error})"
+                          ) from None
+    if not isinstance(content, dict):
+        raise NotServable(f"{bad} (not a mapping)")
+    try:
+        return Model.from_dict(content)
+    except Exception as error:  # a field of the wrong type, say
+        raise NotServable(f"{bad} ({first_line(error)})") from None
+
+
+def servable(model: str) -> Model:
+    """The description of the model to serve; :class:`NotServable` when it cannot be read
+    or has no python_function flavor (what ``mlflow models serve`` loads)."""
+    folder = local_folder(model)
+    if folder is not None:
+        description = _describe_folder(folder)
+    else:
+        try:
+            description = Model.load(model)  # its MLmodel, through the tracking store
+        except Exception as error:  # MLflow's errors name the missing run or model
+            raise NotServable(f"cannot read the model: {first_line(error)}") from None
+    flavors = description.flavors or {}
+    if "python_function" not in flavors:
+        found = ", ".join(sorted(map(str, flavors))) or "none"
+        raise NotServable(f"its model has no python_function flavor (it has: {found}), "
+                          "which serving needs")
+    return description
+
+
+def signature_columns(description: Model) -> list[str] | None:
+    """The column names of the model's input signature (None if it has none)."""
+    inputs = description.signature.inputs if description.signature is not None else None
+    names = inputs.input_names() if inputs is not None else None
+    return [str(n) for n in names] if names and all(isinstance(n, str) for n in names) else None
+
+
+def resolve_served(uri: str, *, run_id: str | None, model: str | None
+                   ) -> tuple[str, Model, list[str] | None]:
+    """The model to serve (a folder as given, else what :func:`served_model` names in the
+    store at ``uri``), its description and its input columns. Raises
+    :class:`ModelNotFound` or :class:`NotServable` (one line each)."""
+    if model is not None and local_folder(model) is not None:
+        description = servable(model)
+        return model, description, signature_columns(description)
+    target, columns = served_model(uri, run_id=run_id, model=model)  # points MLflow at uri
+    description = servable(target)
+    return target, description, columns if columns is not None else signature_columns(
+        description)
+
+
+def lean_without_model(uri: str, run_id: str) -> bool:
+    """Whether run ``run_id`` is a lean sweep job's whose model was never logged (False
+    when the store cannot say)."""
+    try:
+        tags = MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
+    except Exception:  # the store's own error was reported already
+        return False
+    return tags.get(CHILD_RECORD_TAG) == "lean" and tags.get(MODEL_LOGGED_TAG) != "true"

@@ -281,3 +281,17 @@ def server_problem(uri: str, timeout_s: float = 5.0) -> str | None:
         why = (getattr(reason, "strerror", None) or str(reason)).lower()
         return (f"no MLflow server answers at {uri} ({why}); start it (make server) or "
                 "point --uri (STORE=) at a running one")
+
+
+def registered_source(uri: str, model: str | None) -> str:
+    """`` (version 3 of NAME, run <id>)`` for a ``models:/<name>@<alias>`` or
+    ``models:/<name>/<version>`` URI, else ""."""
+    ref = parse_registry_uri(model) if model else None
+    if ref is None:
+        return ""
+    try:
+        version = resolve(MlflowClient(tracking_uri=uri), ref)
+    except RegistryError:
+        return ""
+    run = f", run {version.run_id}" if version.run_id else ""
+    return f" (version {version.version} of {ref.name}{run})"
