@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from pipeline.config.schema import validate
+from pipeline.config.schema import LOWER_IS_BETTER, validate
 from pipeline.config.seeds import run_seeds
 from pipeline.errors import PipelineError
 from pipeline.mlp import MLP, CheckpointError
@@ -43,8 +43,7 @@ from stages.transforms import StoredMetadataError
 
 CHECKPOINT = "checkpoints/final.json"
 CONFIG = "config.yaml"
-METRICS = ("accuracy", "log_loss")  # what the gate can decide on
-LOWER_IS_BETTER = frozenset({"log_loss"})
+METRICS = ("accuracy", "log_loss")  # what the gate can decide on (per-row figures)
 _EPS = 1e-15  # as stages/evaluate.py clips probabilities for the log loss
 
 
