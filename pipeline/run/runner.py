@@ -104,6 +104,7 @@ def warnings_as_log_lines() -> None:
     """Show warnings (the core's ConvergenceWarning, say) as one log line each, not as
     Python's two lines with the source line that raised them; the run under way records
     the first of each kind (see :func:`run_warnings`)."""
+    global _warnings_recorded
     shown = logging.getLogger(WARNINGS_LOGGER)
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -111,7 +112,6 @@ def warnings_as_log_lines() -> None:
         _warned.setdefault(category.__name__, str(message).splitlines()[0] if message else "")
         shown.warning("%s: %s", category.__name__, message)
 
-    global _warnings_recorded
     _warned.clear()  # a process runs one run after another (a sweep's jobs)
     _warnings_recorded = ""
     warnings.showwarning = show
