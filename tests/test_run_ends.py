@@ -400,6 +400,29 @@ def worker_processes(pgid: int) -> list[str]:
     return found
 
 
+@pytest.mark.parametrize("user_warnings", [None, "default"])
+def test_what_a_worker_stopped_mid_start_leaves_is_cleaned_up_without_a_warning(
+        user_warnings: str | None) -> None:
+    """Ctrl-C while joblib's workers start can leave a semaphore of theirs behind: the
+    sweep's resource tracker unlinks it at the end without printing its warning after the
+    interrupt's one line (a user's own PYTHONWARNINGS is kept beside it)."""
+    leaves_a_lock = (
+        "import os\n"
+        "from pipeline.sweeps.callback import _start_resource_trackers\n"
+        "from joblib.externals.loky.backend.context import get_context\n"
+        "_start_resource_trackers()\n"
+        "lock = get_context('loky').Lock()  # a worker's, never released\n"
+        "assert os.environ.get('PYTHONWARNINGS') == " + repr(user_warnings) + "\n"
+        "os._exit(0)\n")
+    env = {k: v for k, v in ENV.items() if k != "PYTHONWARNINGS"}
+    if user_warnings is not None:
+        env["PYTHONWARNINGS"] = user_warnings
+    done = subprocess.run([sys.executable, "-c", leaves_a_lock], capture_output=True,
+                          text=True, cwd=PROJECT_ROOT, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr  # the tracker's output, once it has cleaned up
+
+
 @pytest.mark.slow
 def test_ctrl_c_while_joblib_workers_start_ends_in_one_line(tmp_path) -> None:
     """Ctrl-C (to the whole process group) while a joblib sweep's workers still import,

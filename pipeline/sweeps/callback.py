@@ -483,6 +483,7 @@ def _start_joblib_workers(config: DictConfig) -> None:
     tracking = config.get("tracking") or {}
     # Only full per-job records draw plots (a lean job's are drawn at the sweep's end).
     plots = sweep.get("child_record", "lean") == "full" and bool(tracking.get("plots", True))
+    _start_resource_trackers()  # here: the environment is changed while no thread runs
 
     def warm() -> None:
         try:
@@ -498,6 +499,32 @@ def _start_joblib_workers(config: DictConfig) -> None:
     _warming.start()
 
 
+# The resource trackers unlink what a worker stopped mid-start leaves behind (Ctrl-C while
+# the workers import); their "leaked semlock objects" warning as they do is that clean-up
+# at work, not a problem of the user's: it would follow the interrupt's one line.
+_TRACKER_WARNINGS = ",".join(f"ignore::UserWarning:{module}" for module in (
+    "joblib.externals.loky.backend.resource_tracker", "multiprocessing.resource_tracker"))
+
+
+def _start_resource_trackers() -> None:
+    """Start joblib's and Python's resource trackers (before the workers, as they would
+    be), each with its clean-up warnings off; nothing else's warnings change."""
+    from multiprocessing import resource_tracker
+
+    from joblib.externals.loky.backend import resource_tracker as loky_tracker
+
+    saved = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [saved, _TRACKER_WARNINGS]))
+    try:
+        loky_tracker.ensure_running()
+        resource_tracker.ensure_running()
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = saved
+
+
 def _block_ctrl_c_for_workers() -> None:
     """Block SIGINT in this (non-main) thread, so that the workers it starts never see it.
 
@@ -505,14 +532,9 @@ def _block_ctrl_c_for_workers() -> None:
     through exec: the terminal's Ctrl-C, sent to the whole process group, then never reaches
     it, not even while Python is still starting in it (a traceback otherwise). The launching
     process stops its workers itself (SIGTERM: :func:`_stop_sweep`, :func:`stop_warming`).
-    The resource trackers unblock SIGINT in the thread that starts them: started first.
+    The resource trackers, which unblock SIGINT in the thread that starts them, are running
+    already (:func:`_start_resource_trackers`).
     """
-    from multiprocessing import resource_tracker
-
-    from joblib.externals.loky.backend import resource_tracker as loky_tracker
-
-    loky_tracker.ensure_running()
-    resource_tracker.ensure_running()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
