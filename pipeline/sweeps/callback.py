@@ -518,6 +518,8 @@ def _start_resource_trackers() -> None:
     try:
         loky_tracker.ensure_running()
         resource_tracker.ensure_running()
+    except Exception as error:  # joblib starts them itself if it can: a head start only
+        log.debug("starting the resource trackers failed: %r", error)
     finally:
         if saved is None:
             os.environ.pop("PYTHONWARNINGS", None)
