@@ -76,7 +76,7 @@ class Graph:
     imports: list[Import] = dataclasses.field(default_factory=list)
     # Third-party top-level packages each module imports at module level (not for types).
     packages: dict[str, set[str]] = dataclasses.field(default_factory=dict)
-    # Those it imports anywhere as it runs: in functions too (not for types).
+    # Those it imports anywhere: in functions and for types too.
     runtime_packages: dict[str, set[str]] = dataclasses.field(default_factory=dict)
 
     def edges(self) -> dict[str, set[str]]:
@@ -143,8 +143,7 @@ def build_graph(root: Path, packages: tuple[str, ...] = PACKAGES) -> Graph:
             for name in names:
                 target = project_module(name)
                 if target is None:
-                    if not type_only:
-                        graph.runtime_packages[source].add(name.split(".")[0])
+                    graph.runtime_packages[source].add(name.split(".")[0])
                     if not in_function and not type_only:
                         graph.packages[source].add(name.split(".")[0])
                 elif target != source:
@@ -290,7 +289,7 @@ def test_the_core_and_the_stages_keep_their_boundaries(graph: Graph) -> None:
 
 def test_only_tracking_imports_mlflow(graph: Graph) -> None:
     """MLflow is ``pipeline.tracking``'s business: every other module reaches the store,
-    the registry and logged models through it (a type annotation may name MLflow's)."""
+    the registry and logged models through it, their types included."""
     outside = sorted(module for module, packages in graph.runtime_packages.items()
                      if "mlflow" in packages and not module.startswith("pipeline.tracking"))
     assert not outside, f"modules that import MLflow outside pipeline.tracking: {outside}"
@@ -318,6 +317,7 @@ def test_the_checks_see_what_they_look_for(tmp_path: Path) -> None:
         "pipeline/sweeps/callback.py": (
             "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
             "    from pipeline.config.schema import Config\n"
+            "    from mlflow.models import Model\n"
             "def best():\n    from ..run.runner import run\n"
             "    from pipeline.config import schema\n"),
         "pipeline/config/__init__.py": "",
@@ -331,8 +331,8 @@ def test_the_checks_see_what_they_look_for(tmp_path: Path) -> None:
     assert sorted(map(str, sample.imports)) == [
         "pipeline.run.runner:2 -> pipeline.sweeps.callback",
         "pipeline.sweeps.callback:3 -> pipeline.config.schema (TYPE_CHECKING)",
-        "pipeline.sweeps.callback:5 -> pipeline.run.runner (in a function)",
-        "pipeline.sweeps.callback:6 -> pipeline.config.schema (in a function)",
+        "pipeline.sweeps.callback:6 -> pipeline.run.runner (in a function)",
+        "pipeline.sweeps.callback:7 -> pipeline.config.schema (in a function)",
     ]
     assert cycles(sample.edges()) == [
         ["pipeline.run.runner", "pipeline.sweeps.callback", "pipeline.run.runner"]]
@@ -340,6 +340,7 @@ def test_the_checks_see_what_they_look_for(tmp_path: Path) -> None:
     assert heavy_packages(sample, "pipeline.run.runner") == {"pandas"}
     assert heavy_packages(sample, "pipeline.config.schema") == set()
     assert sample.runtime_packages["pipeline.config.schema"] == {"numpy", "mlflow"}
+    assert sample.runtime_packages["pipeline.sweeps.callback"] == {"typing", "mlflow"}
 
 
 # -- each meaning defined once ----------------------------------------------------------------

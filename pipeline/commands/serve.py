@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from pipeline.config.paths import DEFAULT_STORE
 
 if TYPE_CHECKING:
-    from mlflow.models import Model
+    from pipeline.tracking.model import ModelDescription
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5002
@@ -150,7 +150,8 @@ def _resolve(uri: str, run_id: str | None, model: str | None,
     return target, columns
 
 
-def _check_preprocessor(target: str, description: Model, plugins: list[str]) -> None:
+def _check_preprocessor(target: str, description: ModelDescription,
+                        plugins: list[str]) -> None:
     """Import the user's ``plugins`` (PluginProblem, one line, if one does not import), then
     restore the model's preprocessor (NotServable, one line, if it cannot be)."""
     import importlib

@@ -283,6 +283,10 @@ def model_preprocessor(model: str, description: Model) -> Preprocessor:
     return Preprocessor.from_metadata(meta, where="the model's checkpoint")
 
 
+# A model's MLmodel description, as the commands name its type (MLflow stays in tracking).
+ModelDescription = Model
+
+
 class NotServable(Exception):
     """What keeps a model from being served, as a phrase for the one-line message."""
 
